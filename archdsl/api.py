@@ -1,0 +1,39 @@
+"""The Python API: parse, build, compile."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+
+from archdsl.frontend import ast as A
+from archdsl.frontend.elaborate import build as _build
+from archdsl.frontend.parse import parse as _parse
+
+
+def parse(source: str | Path, file: str | None = None) -> A.Program:
+    """Parse an .arch path or text (and its imports)."""
+    return _parse(source, file)
+
+
+def build(program: A.Program | str | Path, model: str | None = None, resolver=None, **overrides) -> nx.DiGraph:
+    """Elaborate a model into the IR: a verified networkx DiGraph with shapes, params and MACs per node.
+
+    ``overrides`` set model parameters or search choices by name (``k=5``, ``mixer="pool(3)"``).
+    """
+    if not isinstance(program, A.Program):
+        program = parse(program)
+    return _build(program, model, resolver, **overrides)
+
+
+def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, **overrides):
+    """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy."""
+    from archdsl.errors import ArchError
+
+    if mode not in ("train", "deploy"):
+        raise ArchError(f"unknown mode '{mode}'", hint="use mode='train' or mode='deploy'")
+    if backend not in ("torch",):
+        raise ArchError(f"unknown backend '{backend}'", hint="available backends: torch")
+    G = source if isinstance(source, nx.DiGraph) else build(source, model, **overrides)
+    from codegen.torch_fx import to_graph_module
+
+    return to_graph_module(G)

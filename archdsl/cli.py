@@ -1,0 +1,222 @@
+"""The `archdsl` command: check, compile, show, bench, ops.
+
+Every error in a user's file or command line is printed as ``file:line:col: error: ...`` with the line, a
+caret and a hint, and exits with status 2. A Python traceback means a bug in archdsl (status 3); set
+ARCHDSL_DEBUG=1 to see it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from archdsl.errors import ArchError
+
+
+def _overrides(program, pairs: list[str]) -> dict:
+    from archdsl.frontend.elaborate import eval_override
+
+    out = {}
+    for pair in pairs or []:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ArchError(f"--set expects name=value, got {pair!r}", hint="e.g. --set k=5 or --set mixer='pool(3)'")
+        out[name] = eval_override(program, text.strip(), name)
+    return out
+
+
+def _load(args):
+    import archdsl
+
+    program = archdsl.parse(Path(args.file))
+    graph = archdsl.build(program, args.model, **_overrides(program, args.set))
+    return program, graph
+
+
+def cmd_check(args) -> int:
+    from archdsl.ir.cost import block_table, summary
+    from archdsl.ir.printer import dump, ir_hash
+
+    _, G = _load(args)
+    info = summary(G) | {"ir_hash": ir_hash(G), "blocks": block_table(G, args.depth)}
+    if G.graph.get("space"):
+        info["space"] = G.graph["space"]
+        info["choices"] = {k: _plain(v) for k, v in G.graph["choices"].items()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    if args.ir:
+        print(dump(G, spans=args.spans), end="")
+        return 0
+    _print_table(info, args.file)
+    return 0
+
+
+def _plain(v):
+    from archdsl.frontend.values import OpValue, show
+
+    return show(v) if isinstance(v, OpValue) else v
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _print_table(info: dict, file: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{info['model']}  ({file})", title_justify="left")
+    for col, justify in (("block", "left"), ("ops", "right"), ("output shape", "left"), ("params", "right"),
+                         ("MACs", "right")):
+        table.add_column(col, justify=justify)
+    for row in info["blocks"]:
+        table.add_row(row["name"], str(row["ops"]), str(row["shape"]), f"{row['params']:,}", _human(row["macs"]))
+    table.add_section()
+    table.add_row("total", str(info["nodes"]), str(info["output_shape"]), f"{info['params']:,}", _human(info["macs"]))
+    console = Console()
+    console.print(table)
+    console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}")
+    if info.get("space"):
+        console.print("search space: " + "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items()))
+
+
+def cmd_compile(args) -> int:
+    import torch
+
+    import archdsl
+    from codegen.python_source import emit
+
+    _, G = _load(args)
+    source = emit(G)
+    out = Path(args.output)
+    out.write_text(source)
+    msg = f"wrote {out} ({len(source.splitlines())} lines)"
+    if args.weights:
+        module = archdsl.compile(G)
+        torch.save(module.state_dict(), args.weights)
+        msg += f" and {args.weights}"
+    print(msg)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from archdsl.ir.show import render
+
+    _, G = _load(args)
+    print(render(G, Path(args.output), args.depth))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import statistics
+
+    import torch
+
+    import archdsl
+
+    _, G = _load(args)
+    module = archdsl.compile(G).eval()
+    shape = (args.batch, *G.nodes[G.graph["input"]]["shape"])
+    x = torch.randn(shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(args.warmup + args.runs):
+            t0 = time.perf_counter()
+            y = module(x)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(json.dumps({"model": G.graph["name"], "input": list(shape), "output": list(y.shape),
+                      "median_ms": round(med * 1e3, 3), "runs": args.runs, "threads": torch.get_num_threads()}))
+    return 0
+
+
+def cmd_ops(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from archdsl.ops.registry import all_ops
+
+    table = Table(title="registered ops")
+    table.add_column("op")
+    table.add_column("signature")
+    table.add_column("what it is")
+    for spec in all_ops():
+        name = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
+        table.add_row(name, spec.signature(), spec.doc.split("\n")[0])
+    Console().print(table)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archdsl", description="Architecture-search compiler for .arch files.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("file", help="an .arch file")
+        sp.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
+                        help="override a model parameter or search choice (repeatable)")
+        sp.add_argument("--model", help="which model of the file (default: the last one)")
+
+    c = sub.add_parser("check", help="build the IR and report shapes, params and MACs")
+    common(c)
+    c.add_argument("--json", action="store_true", help="machine-readable summary")
+    c.add_argument("--ir", action="store_true", help="print the IR text dump")
+    c.add_argument("--spans", action="store_true", help="with --ir: show the source position of each node")
+    c.add_argument("--depth", type=int, default=1, help="group the table by this many name levels")
+    c.set_defaults(fn=cmd_check)
+
+    c = sub.add_parser("compile", help="emit a self-contained PyTorch module")
+    common(c)
+    c.add_argument("-o", "--output", required=True, help="the .py file to write")
+    c.add_argument("--weights", help="also save the freshly initialised state dict here (.pt)")
+    c.set_defaults(fn=cmd_compile)
+
+    c = sub.add_parser("show", help="draw the graph (svg/png with graphviz, else dot text)")
+    common(c)
+    c.add_argument("-o", "--output", required=True, help="graph.svg, graph.png or graph.dot")
+    c.add_argument("--depth", type=int, default=0, help="collapse nodes below this many name levels (0: none)")
+    c.set_defaults(fn=cmd_show)
+
+    c = sub.add_parser("bench", help="median CPU forward latency of the compiled module")
+    common(c)
+    c.add_argument("--batch", type=int, default=1)
+    c.add_argument("--runs", type=int, default=20)
+    c.add_argument("--warmup", type=int, default=3)
+    c.set_defaults(fn=cmd_bench)
+
+    c = sub.add_parser("ops", help="list the registered ops")
+    c.set_defaults(fn=cmd_ops)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ArchError as e:
+        print(e.format(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in archdsl, not in the user's file
+        if os.environ.get("ARCHDSL_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\n  this is a bug in archdsl; rerun with ARCHDSL_DEBUG=1 "
+              f"for the traceback and report it", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Search constructs: choice / int / float, and the resolvers that pick their values.
+
+Elaboration asks a resolver for every search construct it meets (define-by-run), by a stable name. The
+DefaultResolver takes the default or a caller's override (``--set k=5``); the search issue plugs an Optuna
+trial into the same interface.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from archdsl.errors import ArchError, Span, did_you_mean
+from archdsl.frontend.values import OpValue, show
+
+
+@dataclass
+class Dim:
+    """One search dimension as met during elaboration."""
+
+    name: str
+    kind: str  # "choice" | "int" | "float"
+    options: tuple = ()  # choice values
+    labels: tuple = ()  # choice values as .arch text (stable, Optuna-friendly categories)
+    low: float = 0
+    high: float = 0
+    step: float | None = None
+    log: bool = False
+    default: object = None
+    span: Span | None = None
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice({', '.join(self.labels)})"
+        if self.kind == "int":
+            return f"int({self.low}, {self.high}" + (f", step={self.step}" if self.step not in (None, 1) else "") + ")"
+        return f"float({self.low}, {self.high}" + (", log=true" if self.log else "") + ")"
+
+    def same_as(self, other: "Dim") -> bool:
+        return self.describe() == other.describe()
+
+
+class Resolver:
+    """Base: remembers every dimension met and the value chosen, by name."""
+
+    def __init__(self):
+        self.dims: dict[str, Dim] = {}
+        self.values: dict[str, object] = {}
+
+    def resolve(self, dim: Dim):
+        known = self.dims.get(dim.name)
+        if known is not None:
+            if not known.same_as(dim):
+                raise ArchError(f"search dimension '{dim.name}' is declared twice with different ranges: "
+                                f"{known.describe()} at {known.span} and {dim.describe()}", dim.span,
+                                hint="give one of them another name= or make the ranges equal to share it")
+            return self.values[dim.name]
+        self.dims[dim.name] = dim
+        value = self.pick(dim)
+        self.values[dim.name] = value
+        return value
+
+    def pick(self, dim: Dim):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called after elaboration; complain about anything asked for that never came up."""
+
+
+class DefaultResolver(Resolver):
+    """Defaults, or the caller's overrides (``--set name=value`` / ``compile(..., name=value)``)."""
+
+    def __init__(self, overrides: dict | None = None):
+        super().__init__()
+        self.overrides = dict(overrides or {})
+        self.used: set[str] = set()
+
+    def take(self, name: str):
+        self.used.add(name)
+        return self.overrides[name]
+
+    def pick(self, dim: Dim):
+        if dim.name not in self.overrides:
+            return dim.default
+        return check_value(dim, self.take(dim.name))
+
+    def finish(self) -> None:
+        unused = [k for k in self.overrides if k not in self.used]
+        if unused:
+            known = sorted(set(self.dims) | self.used)
+            name = unused[0]
+            raise ArchError(f"--set {name}: no model parameter or search choice is called '{name}'",
+                            hint=did_you_mean(name, known) or (f"known names: {', '.join(known)}" if known
+                                                               else "this model has no parameters"))
+
+
+def check_value(dim: Dim, value):
+    """An override or a sampled value, checked against the dimension; returns the value to use."""
+    if dim.kind == "choice":
+        for opt, label in zip(dim.options, dim.labels):
+            if value == opt or (isinstance(value, str) and value == label) or \
+                    (isinstance(value, OpValue) and isinstance(opt, OpValue) and value.label() == opt.label()):
+                return opt
+        raise ArchError(f"{show(value)} is not one of the choices for '{dim.name}': {', '.join(dim.labels)}",
+                        dim.span, hint="pick one of the listed values, or widen the choice in the .arch file")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArchError(f"'{dim.name}' takes a number in [{dim.low}, {dim.high}], got {show(value)}", dim.span)
+    if not dim.low <= value <= dim.high:
+        raise ArchError(f"{show(value)} is outside the range of '{dim.name}': [{dim.low}, {dim.high}]", dim.span)
+    if dim.kind == "int":
+        if value != int(value) or (dim.step and (value - dim.low) % dim.step):
+            raise ArchError(f"'{dim.name}' takes integers from {dim.low} in steps of {dim.step or 1}, "
+                            f"got {show(value)}", dim.span)
+        return int(value)
+    return float(value)
+
+
+def make_dim(func: str, name: str, args: list, kwargs: dict, labels: list[str], span: Span) -> Dim:
+    """Build the Dim for ``choice(...)``, ``int(lo, hi[, step])`` or ``float(lo, hi[, log])``."""
+    allowed = {"choice": {"name", "default"}, "int": {"name", "default", "step"},
+               "float": {"name", "default", "log"}}[func]
+    for key in kwargs:
+        if key not in allowed:
+            raise ArchError(f"{func}() has no argument '{key}'", span, hint=f"it takes {', '.join(sorted(allowed))}")
+    if func == "choice":
+        if not args:
+            raise ArchError("choice() needs at least one option", span)
+        default = kwargs.get("default", args[0])
+        dim = Dim(name, "choice", tuple(args), tuple(labels), default=default, span=span)
+        return Dim(**{**dim.__dict__, "default": check_value(dim, default)})
+    if len(args) not in (2, 3):
+        raise ArchError(f"{func}() takes a low and a high bound", span, hint=f"e.g. {func}(1, 4)")
+    low, high = args[0], args[1]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low > high:
+        raise ArchError(f"{func}({show(low)}, {show(high)}): bounds must be numbers with low <= high", span)
+    if func == "int":
+        step = args[2] if len(args) == 3 else kwargs.get("step", 1)
+        if any(v != int(v) for v in (low, high, step)) or step <= 0:
+            raise ArchError(f"int() bounds and step must be integers (step > 0), got {show(args)}", span)
+        dim = Dim(name, "int", low=int(low), high=int(high), step=int(step), span=span)
+    else:
+        log = args[2] if len(args) == 3 else kwargs.get("log", False)
+        if log and low <= 0:
+            raise ArchError(f"float(..., log=true) needs a positive low bound, got {show(low)}", span)
+        dim = Dim(name, "float", low=float(low), high=float(high), log=bool(log), span=span)
+    default = kwargs.get("default")
+    if default is None:
+        default = dim.low if dim.kind == "int" else (math.sqrt(dim.low * dim.high) if dim.log else dim.low)
+    return Dim(**{**dim.__dict__, "default": check_value(dim, default)})

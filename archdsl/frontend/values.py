@@ -1,0 +1,131 @@
+"""Run-time values of the elaborator and the expression evaluator (no eval(): a small tree walk)."""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+
+from archdsl.errors import ArchError, Span, did_you_mean
+from archdsl.frontend import ast as A
+from archdsl.ir.graph import LAYOUTS, PRECISIONS
+
+
+@dataclass
+class OpValue:
+    """An op or block, possibly with some arguments already given: ``dwconv(k)`` as a value."""
+
+    name: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    span: Span | None = None
+
+    def label(self) -> str:
+        parts = [show(a) for a in self.args] + [f"{k}={show(v)}" for k, v in self.kwargs.items()]
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
+
+    def __eq__(self, other):
+        return isinstance(other, OpValue) and self.label() == other.label()
+
+    def __hash__(self):
+        return hash(self.label())
+
+
+@dataclass(frozen=True)
+class Tensor:
+    node: str
+    shape: tuple
+
+
+def show(v) -> str:
+    """How a value reads in .arch source (used for choice labels, --set values and emitted .arch files)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, OpValue):
+        return v.label()
+    if isinstance(v, str):
+        return v if v in PRECISIONS or v in LAYOUTS else f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(show(x) for x in v) + "]"
+    if isinstance(v, Tensor):
+        return f"${v.node}"
+    return repr(v)
+
+
+CONSTANTS = {p: p for p in PRECISIONS} | {layout: layout for layout in LAYOUTS}
+
+_BINOPS = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
+    "%": operator.mod, "**": operator.pow, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+    "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def _num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def binop(op: str, a, b, span: Span):
+    if op == "+" and isinstance(a, str) and isinstance(b, (str, int)):
+        return a + str(b)  # "stage" + i names a share group per stage
+    if op == "+" and isinstance(a, list) and isinstance(b, list):
+        return a + b
+    if op == "*" and isinstance(a, list) and isinstance(b, int) and not isinstance(b, bool):
+        return a * b
+    if op in ("==", "!="):
+        return _BINOPS[op](a, b)
+    if not (_num(a) and _num(b)):
+        raise ArchError(f"cannot apply '{op}' to {show(a)} and {show(b)}", span,
+                        hint="arithmetic works on numbers; '+' also joins lists and strings")
+    try:
+        out = _BINOPS[op](a, b)
+    except ZeroDivisionError:
+        raise ArchError(f"division by zero in {show(a)} {op} {show(b)}", span) from None
+    except OverflowError:
+        raise ArchError(f"number too large in {show(a)} {op} {show(b)}", span) from None
+    if isinstance(out, float) and (math.isinf(out) or math.isnan(out)):
+        raise ArchError(f"{show(a)} {op} {show(b)} is not a finite number", span)
+    if isinstance(out, int) and abs(out) > 10**18:
+        raise ArchError(f"number too large in {show(a)} {op} {show(b)}", span)
+    return out
+
+
+def index(obj, i, span: Span):
+    if not isinstance(obj, (list, tuple, str)):
+        raise ArchError(f"cannot index {show(obj)}: only lists can be indexed", span)
+    if isinstance(i, bool) or not isinstance(i, int):
+        raise ArchError(f"list index must be an integer, got {show(i)}", span)
+    if not -len(obj) <= i < len(obj):
+        raise ArchError(f"index {i} is out of range for a list of {len(obj)} items", span,
+                        hint=f"valid indices are 0..{len(obj) - 1}")
+    return obj[i]
+
+
+def _fn_len(span, x):
+    if not isinstance(x, (list, tuple, str)):
+        raise ArchError(f"len() takes a list, got {show(x)}", span)
+    return len(x)
+
+
+def _fn_num(name, f):
+    def call(span, *xs):
+        if not xs or not all(_num(x) for x in xs):
+            raise ArchError(f"{name}() takes numbers, got {', '.join(map(show, xs)) or 'nothing'}", span)
+        return f(*xs)
+
+    return call
+
+
+FUNCTIONS = {
+    "min": _fn_num("min", min), "max": _fn_num("max", max), "abs": _fn_num("abs", abs),
+    "round": _fn_num("round", lambda x, n=0: round(x) if n == 0 else round(x, int(n))),
+    "len": _fn_len, "str": lambda span, x: x if isinstance(x, str) else show(x),
+}
+SEARCH_FUNCTIONS = ("choice", "int", "float")
+
+
+def unknown_name(name: str, span: Span, candidates) -> ArchError:
+    return ArchError(f"unknown name '{name}'", span, hint=did_you_mean(name, candidates))
+
+
+def is_search_call(expr) -> bool:
+    return isinstance(expr, A.Call) and expr.func in SEARCH_FUNCTIONS

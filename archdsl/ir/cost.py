@@ -1,0 +1,36 @@
+"""Parameter / MAC summaries per block: the tables `archdsl check` prints."""
+from __future__ import annotations
+
+import networkx as nx
+
+from archdsl.ir.graph import order, shared_duplicates, totals
+
+
+def block_table(G: nx.DiGraph, depth: int = 1) -> list[dict]:
+    """Rows ``{name, ops, params, macs, shape}`` grouping nodes by the first `depth` parts of their name,
+    in graph order; the shape is the output of the group's last node."""
+    rows: dict[str, dict] = {}
+    for node in order(G):
+        d = G.nodes[node]
+        if d["op"] in ("input", "output"):
+            continue
+        key = ".".join(node.split(".")[:depth])
+        row = rows.setdefault(key, {"name": key, "ops": 0, "params": 0, "macs": 0, "shape": None})
+        row["ops"] += 1
+        row["params"] += d["params"]
+        row["macs"] += d["macs"]
+        row["shape"] = list(d["shape"])
+    return list(rows.values())
+
+
+def summary(G: nx.DiGraph) -> dict:
+    t = totals(G)
+    return {
+        "model": G.graph.get("name"),
+        "params": t["params"],
+        "macs": t["macs"],
+        "input_shape": list(G.nodes[G.graph["input"]]["shape"]),
+        "output_shape": list(G.nodes[G.graph["output"]]["shape"]),
+        "nodes": G.number_of_nodes() - 2,
+        "shared_params_counted_once": shared_duplicates(G),
+    }

@@ -1,0 +1,224 @@
+"""The op registry: one registration states all of an op's facts.
+
+An op is called by name from an .arch file (``dwconv(7)``, ``linear(4 * dim)``, ``gelu``). Its OpSpec says
+which attributes it takes (types, defaults, checks), how its output shape follows from its input shapes,
+how many parameters and MACs it has, which torch module implements it, and an independent reference that
+tests compare the module against. Tests parametrize over ``all_ops()``, so a new op gets shape, cost and
+numeric tests by being registered. Adding an op never touches the grammar.
+
+Shapes never include the batch: an image is ``(C, H, W)``, a sequence ``(C, L)``, a feature vector ``(C,)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from archdsl.errors import ArchError, did_you_mean
+
+Shape = tuple[int, ...]
+REQUIRED = object()
+
+# Attribute kinds. "ints" is an int or a list of ints, expanded to one entry per spatial dim of the input.
+KINDS = ("int", "float", "bool", "str", "ints", "floats", "any")
+
+
+@dataclass(frozen=True)
+class Attr:
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    choices: tuple | None = None  # allowed values for a "str" attribute
+    check: Callable[[Any], str | None] | None = None  # returns a complaint, or None when the value is fine
+    doc: str = ""
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+
+
+class Attrs(dict):
+    """Validated attributes of one op application; read as ``a.k`` or ``a["k"]``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class OpSpec:
+    name: str
+    attrs: tuple[Attr, ...]
+    shape: Callable[[Attrs, list[Shape]], Shape]
+    torch: Callable[[Attrs, list[Shape]], tuple[type, dict]]  # -> (nn.Module class, literal kwargs)
+    params: Callable[[Attrs, list[Shape]], int] = lambda a, ins: 0
+    macs: Callable[[Attrs, list[Shape], Shape], int] = lambda a, ins, out: 0
+    reference: Callable | None = None  # (module, *inputs) -> output, written another way, for tests
+    arity: int = 1  # tensor inputs; -1 for "one or more" (merges)
+    function: Callable | None = None  # a parameter-free op may lower to a plain torch function instead
+    examples: tuple = ()  # ((attrs dict, [input shapes]), ...) exercised by the registry-driven tests
+    aliases: tuple[str, ...] = ()
+    category: str = "core"
+    doc: str = ""
+    # MACs are cross-checked against torch's FlopCounterMode (which counts conv/linear/matmul) unless the
+    # op does work that counter cannot see (an FFT, an explicit gather) - then say so here.
+    flop_counter_exact: bool = True
+    spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
+    min_input_rank: int = 1
+
+    def bind(self, args: Sequence, kwargs: dict, ins: list[Shape]) -> Attrs:
+        """Check a call's arguments against the declared attributes; return the validated Attrs.
+
+        Raises ArchError (without a span; the caller adds it) naming the op and the attribute.
+        """
+        if len(args) > len(self.attrs):
+            raise ArchError(
+                f"{self.name}() takes at most {len(self.attrs)} positional arguments, got {len(args)}",
+                hint=f"signature: {self.signature()}",
+            )
+        values: dict[str, Any] = {}
+        for attr, value in zip(self.attrs, args):
+            values[attr.name] = value
+        names = {a.name for a in self.attrs}
+        for key, value in kwargs.items():
+            if key not in names:
+                hint = did_you_mean(key, names) or f"signature: {self.signature()}"
+                raise ArchError(f"{self.name}() has no attribute '{key}'", hint=hint)
+            if key in values:
+                raise ArchError(f"{self.name}() got attribute '{key}' twice (positionally and by name)")
+            values[key] = value
+        ndim = len(ins[0]) - 1 if ins else 0
+        out = Attrs()
+        for attr in self.attrs:
+            if attr.name in values:
+                out[attr.name] = _coerce(self.name, attr, values[attr.name], ndim)
+            elif attr.default is REQUIRED:
+                raise ArchError(
+                    f"{self.name}() is missing required attribute '{attr.name}'",
+                    hint=f"signature: {self.signature()}",
+                )
+            else:
+                default = attr.default
+                out[attr.name] = _coerce(self.name, attr, default, ndim) if default is not None else None
+        return out
+
+    def signature(self) -> str:
+        parts = []
+        for a in self.attrs:
+            parts.append(a.name if a.default is REQUIRED else f"{a.name}={a.default!r}")
+        return f"{self.name}({', '.join(parts)})"
+
+
+def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
+    def bad(what: str) -> ArchError:
+        return ArchError(f"{op}(): attribute '{attr.name}' {what}, got {value!r}")
+
+    kind = attr.kind
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise bad("must be an integer")
+        value = int(value)
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("must be a number")
+        value = float(value)
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("must be true or false")
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise bad("must be a name or string")
+        if attr.choices and value not in attr.choices:
+            raise ArchError(
+                f"{op}(): attribute '{attr.name}' must be one of {', '.join(map(str, attr.choices))}; got {value!r}",
+                hint=did_you_mean(value, attr.choices),
+            )
+    elif kind == "ints":
+        items = list(value) if isinstance(value, (list, tuple)) else [value] * max(ndim, 1)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v for v in items):
+            raise bad("must be an integer or a list of integers")
+        if ndim and len(items) != ndim:
+            raise bad(f"must have one entry per spatial dimension ({ndim})")
+        value = tuple(int(v) for v in items)
+    elif kind == "floats":
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+            raise bad("must be a list of numbers")
+        value = tuple(float(v) for v in items)
+    if attr.check is not None:
+        complaint = attr.check(value)
+        if complaint:
+            raise ArchError(f"{op}(): attribute '{attr.name}' {complaint}, got {value!r}")
+    return value
+
+
+# Common checks, so op modules state constraints declaratively.
+def positive(v):
+    vals = v if isinstance(v, tuple) else (v,)
+    return None if all(x > 0 for x in vals) else "must be positive"
+
+
+def non_negative(v):
+    vals = v if isinstance(v, tuple) else (v,)
+    return None if all(x >= 0 for x in vals) else "must be zero or more"
+
+
+def probability(v):
+    return None if 0.0 <= v < 1.0 else "must be in [0, 1)"
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: OpSpec) -> OpSpec:
+    for name in (spec.name, *spec.aliases):
+        if name in _REGISTRY or name in _ALIASES:
+            raise ValueError(f"op '{name}' registered twice")
+    _REGISTRY[spec.name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+def op(name: str, *attrs: Attr, **facts) -> OpSpec:
+    """Register an op: ``op("relu", shape=same, torch=...)``; returns the spec."""
+    return register(OpSpec(name=name, attrs=tuple(attrs), **facts))
+
+
+def get_op(name: str) -> OpSpec:
+    _load_all()
+    spec = _REGISTRY.get(name) or _REGISTRY.get(_ALIASES.get(name, ""))
+    if spec is None:
+        known = set(_REGISTRY) | set(_ALIASES)
+        raise ArchError(f"unknown op '{name}'", hint=did_you_mean(name, known) or "run `archdsl ops` for the list")
+    return spec
+
+
+def has_op(name: str) -> bool:
+    _load_all()
+    return name in _REGISTRY or name in _ALIASES
+
+
+def all_ops() -> list[OpSpec]:
+    _load_all()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+_loaded = False
+
+
+def _load_all() -> None:
+    """Import every op module once; each registers its ops at import time."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import importlib
+    import pkgutil
+
+    import archdsl.ops as pkg
+
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name not in ("registry", "shapes") and not info.name.startswith("_"):
+            importlib.import_module(f"archdsl.ops.{info.name}")
