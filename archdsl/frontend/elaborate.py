@@ -16,7 +16,7 @@ import networkx as nx
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
 from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
-from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, OpValue, Tensor, binop, index,
+from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop, index,
                                      is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
 from archdsl.ops.registry import get_op, has_op
@@ -26,7 +26,10 @@ MERGES = {"sum": "add", "add": "add", "concat": "concat", "mul": "mul"}
 
 
 class Frame:
-    """Lexical variables; a block body sees its own parameters and the globals, never its caller's locals."""
+    """Lexical variables; a block body sees its own parameters and the globals, never its caller's locals.
+
+    As in Python, `if`, `for` and `repeat` bodies assign in the frame they are in; a block call or a `{...}`
+    literal gets a frame of its own."""
 
     def __init__(self, parent: "Frame | None" = None, vars: dict | None = None):
         self.parent = parent
@@ -112,7 +115,7 @@ class Elaborator:
             if not isinstance(cond, (bool, int)):
                 raise ArchError(f"an if condition must be true or false, got {show(cond)}", s.cond.span)
             body = s.then if cond else (s.orelse or [])
-            return self.run_body(body, Frame(frame), ctx, current)
+            return self.run_body(body, frame, ctx, current)
         if isinstance(s, A.Chain):
             return self._chain(s, frame, ctx, current)
         raise ArchError(f"internal: unknown statement {type(s).__name__}", s.span)
@@ -156,7 +159,8 @@ class Elaborator:
             items = list(range(start, stop))
         for i, item in enumerate(items):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
-            current = self.run_body(s.body, Frame(frame, {s.var: item}), sub, current)
+            frame.vars[s.var] = item
+            current = self.run_body(s.body, frame, sub, current)
         return current
 
     def _repeat(self, s: A.Repeat, frame, ctx, current, label):
@@ -165,7 +169,7 @@ class Elaborator:
             raise ArchError(f"repeat needs a whole number of times (0 or more), got {show(n)}", s.count.span)
         for i in range(n):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
-            current = self.run_body(s.body, Frame(frame), sub, current)
+            current = self.run_body(s.body, frame, sub, current)
         return current
 
     def _chain(self, s: A.Chain, frame, ctx, current):
@@ -182,10 +186,8 @@ class Elaborator:
             return ctx.refs[el.name]
         if isinstance(el, A.Annotated):
             return self.element(el.element, frame, self._annotate(ctx, [el.annotation], frame), current)
-        if isinstance(el, A.Group):
+        if isinstance(el, A.Group):  # `{ a >> b }` in a chain: run it in place
             return self.run_body(el.body, Frame(frame), ctx, current)
-        if isinstance(el, list):  # a braced body used as an element: `{ a >> b }`
-            return self.run_body(el, Frame(frame), ctx, current)
         self._need_input(current, el.span)
         if isinstance(el, A.Residual):
             out = self.run_body(el.body, Frame(frame), ctx, current)
@@ -223,6 +225,8 @@ class Elaborator:
             for v in value:
                 current = self.apply(v, current, frame, ctx, span)
             return current
+        if isinstance(value, Closure):
+            return self.run_body(value.body, Frame(value.frame), ctx, current) or current
         if not isinstance(value, OpValue):
             raise ArchError(f"cannot apply {show(value)} to a tensor", span,
                             hint="chain elements are ops or blocks, e.g. conv(16, k=3) >> relu")
@@ -326,6 +330,8 @@ class Elaborator:
             raise unknown_name(e.id, e.span, frame.names() | set(self.program.blocks))
         if isinstance(e, A.Ref):
             return self.element(e, frame, ctx, None)
+        if isinstance(e, A.Group):
+            return Closure(e.body, frame, e.span)
         if isinstance(e, A.Index):
             return index(self.eval(e.obj, frame, ctx), self.eval(e.index, frame, ctx), e.span)
         if isinstance(e, A.BinOp):

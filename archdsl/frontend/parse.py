@@ -139,6 +139,9 @@ class _ToAst(Transformer):
         mode, *bodies = c
         return A.Parallel(self._s(meta), str(mode) if mode else "sum", bodies)
 
+    def block_literal(self, meta, c):
+        return A.Group(self._s(meta), c[0])
+
     def ref(self, meta, c):
         return A.Ref(self._s(meta), str(c[0]))
 

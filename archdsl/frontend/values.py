@@ -30,6 +30,18 @@ class OpValue:
         return hash(self.label())
 
 
+@dataclass
+class Closure:
+    """A `{ ... }` block literal with the variables it saw where it was written."""
+
+    body: list
+    frame: object
+    span: Span | None = None
+
+    def label(self) -> str:
+        return "{...}"
+
+
 @dataclass(frozen=True)
 class Tensor:
     node: str
@@ -40,7 +52,7 @@ def show(v) -> str:
     """How a value reads in .arch source (used for choice labels, --set values and emitted .arch files)."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, OpValue):
+    if isinstance(v, (OpValue, Closure)):
         return v.label()
     if isinstance(v, str):
         return v if v in PRECISIONS or v in LAYOUTS else f'"{v}"'

@@ -213,7 +213,6 @@ def _load_all() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
     import importlib
     import pkgutil
 
@@ -222,3 +221,4 @@ def _load_all() -> None:
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
         if info.name not in ("registry", "shapes") and not info.name.startswith("_"):
             importlib.import_module(f"archdsl.ops.{info.name}")
+    _loaded = True  # only now: a failed import must not leave a silently partial registry

@@ -1,0 +1,92 @@
+"""Elementwise activations: relu, gelu, silu, sigmoid, tanh, hardswish, starrelu, relu2 (squared_relu).
+
+They keep the shape and count 0 MACs. References are the textbook formulas in float64 (exp / erf / tanh),
+not the torch activation kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archdsl.ops.registry import Attr, op
+
+
+class StarReLU(nn.Module):
+    """s * relu(x)^2 + b with a learnable scalar scale s and bias b (MetaFormer, Yu et al. 2022).
+
+    The scalars have shape (1,) as in the MetaFormer code, so its checkpoints load; when not learnable they
+    are buffers, so they are saved but not counted as parameters.
+    """
+
+    def __init__(self, scale=1.0, bias=0.0, learnable=True):
+        super().__init__()
+        s, b = torch.full((1,), float(scale)), torch.full((1,), float(bias))
+        if learnable:
+            self.scale, self.bias = nn.Parameter(s), nn.Parameter(b)
+        else:
+            self.register_buffer("scale", s)
+            self.register_buffer("bias", b)
+
+    def forward(self, x):
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
+class SquaredReLU(nn.Module):
+    """relu(x)^2 (Primer, So et al. 2021)."""
+
+    def forward(self, x):
+        return F.relu(x) ** 2
+
+
+def _relu(x):
+    return x * (x > 0)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
+def _gelu_reference(m, x):
+    x = x.double()
+    if m.approximate == "tanh":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+_SHAPES = (({}, [(5,)]), ({}, [(3, 7)]), ({}, [(2, 5, 3)]))
+
+
+def _same(a, ins):
+    return tuple(ins[0])
+
+
+def _simple(name, cls, formula, doc, aliases=()):
+    op(name, shape=_same, torch=lambda a, ins: (cls, {}), reference=lambda m, x: formula(x.double()),
+       doc=doc, examples=_SHAPES, aliases=aliases)
+
+
+_simple("relu", nn.ReLU, _relu, "max(x, 0).")
+_simple("silu", nn.SiLU, lambda x: x * _sigmoid(x), "x * sigmoid(x) (swish).")
+_simple("sigmoid", nn.Sigmoid, _sigmoid, "1 / (1 + exp(-x)).")
+_simple("tanh", nn.Tanh, lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x)), "tanh(x).")
+_simple("hardswish", nn.Hardswish, lambda x: x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0,
+        "x * relu6(x + 3) / 6 (MobileNetV3).")
+_simple("relu2", SquaredReLU, lambda x: _relu(x) ** 2, "Squared ReLU, relu(x)^2.", aliases=("squared_relu",))
+
+op("gelu", Attr("approximate", "str", "none", choices=("none", "tanh")),
+   shape=_same, torch=lambda a, ins: (nn.GELU, dict(approximate=a.approximate)), reference=_gelu_reference,
+   doc="GELU, exact (erf) or its tanh approximation.",
+   examples=(*_SHAPES, ({"approximate": "tanh"}, [(3, 7)])))
+
+op("starrelu",
+   Attr("scale", "float", 1.0), Attr("bias", "float", 0.0),
+   Attr("learnable", "bool", True, doc="false: fixed scale and bias (buffers, not parameters)"),
+   shape=_same,
+   params=lambda a, ins: 2 if a.learnable else 0,
+   torch=lambda a, ins: (StarReLU, dict(scale=a.scale, bias=a.bias, learnable=a.learnable)),
+   reference=lambda m, x: m.scale.double() * _relu(x.double()) ** 2 + m.bias.double(),
+   doc="StarReLU: s * relu(x)^2 + b with scalar s, b (MetaFormer).",
+   examples=(({}, [(5,)]), ({"scale": 0.8944, "bias": -0.4472}, [(3, 7)]), ({"learnable": False}, [(2, 5, 3)])))

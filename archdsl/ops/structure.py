@@ -1,0 +1,226 @@
+"""Structural ops: identity, layerscale, resscale, scale, flatten, reshape, permute, dropout, droppath, upsample.
+
+None of them does MACs. Dropout and droppath are random only in training; their references give the eval
+behaviour (identity), which is what the registry tests compare.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from archdsl.errors import ArchError
+from archdsl.ops.registry import Attr, op, positive, probability
+from archdsl.ops.shapes import need_spatial, numel
+
+
+class ChannelScale(nn.Module):
+    """Multiply each channel (dim 1) by a learnable factor: LayerScale (CaiT, ConvNeXt) and MetaFormer's
+    residual scale."""
+
+    def __init__(self, dim, init=1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x):
+        return x * self.gamma.reshape(-1, *([1] * (x.dim() - 2)))
+
+
+class ConstScale(nn.Module):
+    """Multiply by a fixed number."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return x * self.value
+
+
+class Reshape(nn.Module):
+    """Reshape every sample to `shape` (the batch axis stays)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], *self.shape)
+
+
+class Permute(nn.Module):
+    """Permute the non-batch axes of every sample (`dims` indexes them from 0)."""
+
+    def __init__(self, dims):
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x):
+        return x.permute(0, *(d + 1 for d in self.dims))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a whole sample with probability p and scale the
+    kept ones by 1 / (1 - p), so the expectation is unchanged; identity in eval."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def _same(a, ins):
+    return tuple(ins[0])
+
+
+def _identity_reference(m, x):
+    return x.double()
+
+
+_ANY_RANK = (({}, [(5,)]), ({}, [(3, 7)]), ({}, [(4, 5, 3)]))
+
+op("identity", shape=_same, torch=lambda a, ins: (nn.Identity, {}), reference=_identity_reference,
+   doc="Pass the input through.", examples=_ANY_RANK)
+
+
+def _scale_reference(m, x):
+    x = x.double()
+    return x * m.gamma.double().reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+for _name, _init, _doc in (("layerscale", 1e-5, "Per-channel learnable scale gamma (LayerScale), init small."),
+                           ("resscale", 1.0, "Per-channel learnable residual scale (MetaFormer res_scale).")):
+    op(_name, Attr("init", "float", _init),
+       shape=_same, params=lambda a, ins: ins[0][0],
+       torch=lambda a, ins: (ChannelScale, dict(dim=ins[0][0], init=a.init)),
+       reference=_scale_reference, doc=_doc,
+       examples=(({}, [(5,)]), ({"init": 0.5}, [(3, 7)]), ({}, [(4, 5, 3)])))
+
+op("scale", Attr("value", "float"),
+   shape=_same, torch=lambda a, ins: (ConstScale, dict(value=a.value)),
+   reference=lambda m, x: x.double() * m.value, doc="Multiply by a constant (no parameters).",
+   examples=(({"value": 0.5}, [(5,)]), ({"value": -2.0}, [(3, 7)]), ({"value": 3}, [(4, 5, 3)])))
+
+op("flatten", shape=lambda a, ins: (numel(ins[0]),), torch=lambda a, ins: (nn.Flatten, dict(start_dim=1)),
+   reference=lambda m, x: torch.stack([s.double().reshape(-1) for s in x]),
+   doc="Flatten each sample to a vector (C * H * W,).", examples=_ANY_RANK)
+
+
+# ---- reshape / permute ---------------------------------------------------------------------------------
+
+def _int_list(what):
+    def check(v):
+        if not isinstance(v, (list, tuple)) or not v:
+            return f"must be a non-empty list of {what}"
+        if any(isinstance(x, bool) or not isinstance(x, int) for x in v):
+            return f"must be a list of {what}"
+        return None
+
+    return check
+
+
+def _reshape_target(a, ins):
+    shape = list(a.shape)
+    if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
+        raise ArchError(f"reshape(): shape {shape} must hold positive sizes and at most one -1")
+    known = math.prod(s for s in shape if s != -1)
+    total = numel(ins[0])
+    if -1 in shape and total % known == 0:
+        shape[shape.index(-1)] = total // known
+    if math.prod(shape) != total:
+        raise ArchError(f"reshape(): cannot reshape {list(ins[0])} ({total} elements) to {list(a.shape)}",
+                        hint="the new shape must hold the same number of elements (the batch is not included)")
+    return tuple(shape)
+
+
+op("reshape", Attr("shape", "any", check=_int_list("integers"), doc="new per-sample shape; one entry may be -1"),
+   shape=_reshape_target, torch=lambda a, ins: (Reshape, dict(shape=_reshape_target(a, ins))),
+   reference=lambda m, x: torch.stack([s.double().flatten().reshape(m.shape) for s in x]),
+   doc="Reshape each sample (the element count must stay the same).",
+   examples=(({"shape": [5, 21]}, [(3, 5, 7)]), ({"shape": [3, -1]}, [(6, 5)]), ({"shape": [7, 1, 3]}, [(21,)])))
+
+
+def _permute_shape(a, ins):
+    dims = list(a.dims)
+    if sorted(dims) != list(range(len(ins[0]))):
+        raise ArchError(f"permute(): dims {dims} must be a permutation of 0..{len(ins[0]) - 1} "
+                        f"for input shape {list(ins[0])}", hint="dims index the axes without the batch")
+    return tuple(ins[0][d] for d in dims)
+
+
+def _permute_reference(m, x):
+    x = x.double()
+    out = torch.empty(x.shape[0], *(x.shape[1 + d] for d in m.dims), dtype=torch.float64)
+    for idx in itertools.product(*(range(s) for s in x.shape[1:])):  # out[..., idx[dims]] = x[..., idx]
+        out[(slice(None), *(idx[d] for d in m.dims))] = x[(slice(None), *idx)]
+    return out
+
+
+op("permute", Attr("dims", "any", check=_int_list("axis numbers"), doc="a permutation of the non-batch axes"),
+   shape=_permute_shape, torch=lambda a, ins: (Permute, dict(dims=tuple(a.dims))), reference=_permute_reference,
+   doc="Permute the axes of each sample, e.g. permute([1, 2, 0]) turns (C, H, W) into (H, W, C).",
+   examples=(({"dims": [1, 2, 0]}, [(3, 5, 7)]), ({"dims": [1, 0]}, [(4, 9)]), ({"dims": [0]}, [(5,)])))
+
+
+# ---- dropout / droppath --------------------------------------------------------------------------------
+
+op("dropout", Attr("p", "float", check=probability),
+   shape=_same, torch=lambda a, ins: (nn.Dropout, dict(p=a.p)), reference=_identity_reference,
+   doc="Elementwise dropout (identity in eval).",
+   examples=(({"p": 0.1}, [(5,)]), ({"p": 0.5}, [(3, 7)]), ({"p": 0.0}, [(4, 5, 3)])))
+
+op("droppath", Attr("p", "float", check=probability),
+   shape=_same, torch=lambda a, ins: (DropPath, dict(p=a.p)), reference=_identity_reference,
+   doc="Stochastic depth: drop whole samples of a residual branch in training (identity in eval).",
+   examples=(({"p": 0.1}, [(5,)]), ({"p": 0.5}, [(3, 7)]), ({"p": 0.2}, [(4, 5, 3)])))
+
+
+# ---- upsample ------------------------------------------------------------------------------------------
+
+_LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _upsample_shape(a, ins):
+    need_spatial("upsample", ins[0])
+    return (ins[0][0], *(s * a.scale for s in ins[0][1:]))
+
+
+def _upsample_torch(a, ins):
+    nd = len(ins[0]) - 1
+    if a.mode == "nearest":
+        return nn.Upsample, dict(scale_factor=a.scale, mode="nearest")
+    return nn.Upsample, dict(scale_factor=a.scale, mode=_LINEAR_MODE[nd], align_corners=False)
+
+
+def _upsample_reference(m, x):
+    """Separable per-dim resampling: nearest repeats each element; linear interpolates the two neighbours of
+    the source coordinate (i + 0.5) / s - 0.5, clamped at the edges (align_corners=False)."""
+    x = x.double()
+    s = int(m.scale_factor)
+    for dim in range(2, x.dim()):
+        size = x.shape[dim]
+        if m.mode == "nearest":
+            x = x.repeat_interleave(s, dim)
+            continue
+        src = ((torch.arange(size * s, dtype=torch.float64) + 0.5) / s - 0.5).clamp(min=0.0)
+        lo = src.floor().long()
+        hi = (lo + 1).clamp(max=size - 1)
+        frac = (src - lo).reshape(-1, *([1] * (x.dim() - 1 - dim)))
+        x = x.index_select(dim, lo) * (1 - frac) + x.index_select(dim, hi) * frac
+    return x
+
+
+op("upsample", Attr("scale", "int", 2, check=positive), Attr("mode", "str", "nearest", choices=("nearest", "linear")),
+   shape=_upsample_shape, torch=_upsample_torch, reference=_upsample_reference,
+   spatial_dims=(1, 2, 3), min_input_rank=2,
+   doc="Upsample every spatial dim by an integer factor (nearest, or (bi/tri)linear with align_corners=False).",
+   examples=(({}, [(3, 4, 5)]), ({"mode": "linear"}, [(2, 5, 3)]), ({"scale": 3, "mode": "linear"}, [(3, 7)]),
+             ({"scale": 3}, [(2, 5)]), ({"mode": "linear"}, [(2, 3, 2, 4)])))
