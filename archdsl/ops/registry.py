@@ -63,6 +63,8 @@ class OpSpec:
     # MACs are cross-checked against torch's FlopCounterMode (which counts conv/linear/matmul) unless the
     # op does work that counter cannot see (an FFT, an explicit gather) - then say so here.
     flop_counter_exact: bool = True
+    # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
+    shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
     min_input_rank: int = 1
 
