@@ -1,0 +1,841 @@
+"""Blocks and mixers from the seed papers: se, mbconv, moat, grn, lsconv, aff, globalfilter, sgconv, subpixel.
+
+Each follows its official code (named per op below) for structure, defaults and init. MACs count conv /
+linear / matmul MACs only (the papers' convention); norms, activations, gates and pooling are elementwise.
+The FFT ops (aff, globalfilter, sgconv) set flop_counter_exact=False: torch's FlopCounterMode cannot see an
+FFT. Their MACs count the work done in the frequency domain by learned weights (stated per op) and leave the
+O(N log N) transforms out. References are written independently of the modules, in float64: loops over kernel
+offsets and windows, explicit DFT matrices, direct circular / causal convolution sums.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archdsl.errors import ArchError
+from archdsl.ops.conv import _product, conv_reference
+from archdsl.ops.mixers_meta import (RelAttn, attention_macs, need_heads, odd, ref_act, ref_bn, ref_linear,
+                                     ref_relattn_tokens, rel_index, rel_table_size, same_shape)
+from archdsl.ops.registry import Attr, non_negative, op, positive
+from archdsl.ops.shapes import conv_out, need_spatial, numel
+
+_ACTS = ("relu", "silu", "gelu")
+
+
+def _nd(ins):
+    return len(ins[0]) - 1
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + torch.exp(-x))
+
+
+def _act_name(m):
+    return {nn.ReLU: "relu", nn.SiLU: "silu", nn.GELU: "gelu"}[type(m)]
+
+
+# --------------------------------------------------------------------------------------------------- se
+# Squeeze-and-Excitation (Hu et al. 2018; timm layers/squeeze_excite.py SEModule): global average pool,
+# FC C -> rd (bias), activation, FC rd -> C (bias), sigmoid gate; rd = max(1, int(C * rd_ratio)).
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(fc2(act(fc1(mean over positions of x))))."""
+
+    def __init__(self, channels, rd_channels, act="relu"):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, rd_channels)
+        self.act = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}[act]()
+        self.fc2 = nn.Linear(rd_channels, channels)
+
+    def forward(self, x):
+        gate = torch.sigmoid(self.fc2(self.act(self.fc1(x.flatten(2).mean(-1)))))
+        return x * gate.reshape(*gate.shape, *([1] * (x.dim() - 2)))
+
+
+def _se_rd(a, ins):
+    return a.rd if a.rd is not None else max(1, int(ins[0][0] * a.rd_ratio))
+
+
+def ref_se(m, x, act):
+    """SE written out: the mean as an explicit sum over positions."""
+    t = x.reshape(*x.shape[:2], -1)
+    s = sum(t[..., i] for i in range(t.shape[-1])) / t.shape[-1]
+    gate = _sigmoid(ref_linear(ref_act(act, ref_linear(s, m.fc1)), m.fc2))
+    return x * gate.reshape(*gate.shape, *([1] * (x.dim() - 2)))
+
+
+op("se", Attr("rd_ratio", "float", 0.25, check=positive, doc="reduced channels = max(1, int(C * rd_ratio))"),
+   Attr("rd", "int", None, check=positive, doc="reduced channels (overrides rd_ratio)"),
+   Attr("act", "str", "relu", choices=_ACTS),
+   shape=same_shape("se"),
+   params=lambda a, ins: 2 * ins[0][0] * _se_rd(a, ins) + _se_rd(a, ins) + ins[0][0],
+   macs=lambda a, ins, out: 2 * ins[0][0] * _se_rd(a, ins),  # two FCs on the pooled vector
+   torch=lambda a, ins: (SqueezeExcite, dict(channels=ins[0][0], rd_channels=_se_rd(a, ins), act=a.act)),
+   reference=lambda m, x: ref_se(m, x.double(), _act_name(m.act)), spatial_dims=(1, 2, 3), category="block",
+   doc="Squeeze-and-excitation channel gate: pool, FC C->rd, act, FC rd->C, sigmoid, scale.",
+   examples=(({}, [(8, 5, 7)]), ({"rd": 3, "act": "silu"}, [(6, 11)]), ({"rd_ratio": 0.5}, [(3, 2, 3)]),
+             ({"rd": 2, "act": "gelu"}, [(4, 2, 3, 2)])))
+
+
+# ----------------------------------------------------------------------------------------------- mbconv
+# MobileNetV2 inverted residual with EfficientNet's SE (Sandler et al. 2018, Tan & Le 2019; timm
+# _efficientnet_blocks.py InvertedResidual): 1x1 expand (no bias) + BN + act (skipped when expand == 1),
+# depthwise k (stride, no bias) + BN + act, SE with rd = max(1, int(in_channels * se_ratio)) and the block's
+# activation (EfficientNet), 1x1 project (no bias) + BN, residual when stride 1 and in == out.
+
+
+class MBConv(nn.Module):
+    """Inverted residual block (timm names: conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3)."""
+
+    _emit_deps = (SqueezeExcite,)
+
+    def __init__(self, ndim, in_channels, out_channels, expand=4, kernel_size=3, stride=1, se_ratio=0.25,
+                 act="silu"):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1]
+        act_cls = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}[act]
+        mid = in_channels * expand
+        self.conv_pw = conv(in_channels, mid, 1, bias=False) if expand != 1 else None
+        self.bn1 = bn(mid) if expand != 1 else None
+        self.conv_dw = conv(mid, mid, kernel_size, stride=stride, padding=kernel_size // 2, groups=mid, bias=False)
+        self.bn2 = bn(mid)
+        self.act = act_cls()
+        self.se = SqueezeExcite(mid, max(1, int(in_channels * se_ratio)), act) if se_ratio > 0 else None
+        self.conv_pwl = conv(mid, out_channels, 1, bias=False)
+        self.bn3 = bn(out_channels)
+        self.has_skip = stride == 1 and in_channels == out_channels
+
+    def forward(self, x):
+        y = self.act(self.bn1(self.conv_pw(x))) if self.conv_pw is not None else x
+        y = self.act(self.bn2(self.conv_dw(y)))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.bn3(self.conv_pwl(y))
+        return y + x if self.has_skip else y
+
+
+def _stride_12(v):
+    return None if v in (1, 2) else "must be 1 or 2"
+
+
+def _strided(ins, k, stride):
+    return tuple(conv_out(s, k, stride, k // 2, k // 2, 1) for s in ins[0][1:])
+
+
+def _mbconv_shape(a, ins):
+    need_spatial("mbconv", ins[0])
+    return (a.out or ins[0][0], *_strided(ins, a.k, a.stride))
+
+
+def _mbconv_parts(a, ins):
+    cin, cout = ins[0][0], a.out or ins[0][0]
+    mid = cin * a.expand
+    rd = max(1, int(cin * a.se)) if a.se > 0 else 0
+    return cin, cout, mid, rd, a.k ** _nd(ins)
+
+
+def _mbconv_params(a, ins):
+    cin, cout, mid, rd, kv = _mbconv_parts(a, ins)
+    expand = cin * mid + 2 * mid if a.expand != 1 else 0
+    se = 2 * mid * rd + rd + mid if rd else 0
+    return expand + mid * kv + 2 * mid + se + mid * cout + 2 * cout
+
+
+def _mbconv_macs(a, ins, out):
+    cin, cout, mid, rd, kv = _mbconv_parts(a, ins)
+    s_in, s_out = numel(ins[0][1:]), numel(out[1:])
+    expand = s_in * cin * mid if a.expand != 1 else 0
+    return expand + s_out * mid * kv + 2 * mid * rd + s_out * mid * cout
+
+
+def _mbconv_reference(m, x):
+    x = x.double()
+    act = _act_name(m.act)
+    y = ref_act(act, ref_bn(m.bn1, conv_reference(m.conv_pw, x))) if m.conv_pw is not None else x
+    y = ref_act(act, ref_bn(m.bn2, conv_reference(m.conv_dw, y)))
+    if m.se is not None:
+        y = ref_se(m.se, y, act)
+    y = ref_bn(m.bn3, conv_reference(m.conv_pwl, y))
+    same = y.shape == x.shape and m.conv_dw.stride[0] == 1
+    return y + x if same else y
+
+
+op("mbconv", Attr("out", "int", None, check=positive, doc="output channels (default: input channels)"),
+   Attr("stride", "int", 1, check=_stride_12), Attr("expand", "int", 4, check=positive),
+   Attr("k", "int", 3, check=odd, doc="depthwise kernel size"),
+   Attr("se", "float", 0.25, check=non_negative, doc="SE ratio of the input channels; 0: no SE"),
+   Attr("act", "str", "silu", choices=_ACTS),
+   shape=_mbconv_shape, params=_mbconv_params, macs=_mbconv_macs,
+   torch=lambda a, ins: (MBConv, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out or ins[0][0],
+                                      expand=a.expand, kernel_size=a.k, stride=a.stride, se_ratio=a.se,
+                                      act=a.act)),
+   reference=_mbconv_reference, spatial_dims=(1, 2, 3), category="block",
+   doc="MobileNetV2 / EfficientNet inverted residual: 1x1 expand, BN, act, dw k (stride), BN, act, SE, "
+       "1x1 project, BN; + x when stride 1 and in == out.",
+   examples=(({}, [(4, 7, 6)]), ({"out": 6, "stride": 2, "act": "gelu"}, [(4, 9, 7)]),
+             ({"expand": 1, "se": 0.0, "k": 5}, [(3, 11)]), ({"stride": 2, "out": 5}, [(3, 10)]),
+             ({"stride": 2, "se": 0.5}, [(2, 3, 4, 5)])))
+
+
+# ------------------------------------------------------------------------------------------------- moat
+# MOAT block (Yang et al. 2022; google-research/deeplab2 model/layers/moat_blocks.py MOATBlock and
+# moat_attention.py): shortcut = avgpool(2, stride, 'same') when strided, then 1x1 conv (bias) when the width
+# changes; MBConv without SE: BN pre-norm, 1x1 expand to 4 * out (no bias), BN, GELU, depthwise 3 (stride,
+# no bias), BN, GELU, 1x1 shrink (bias), + shortcut; then LayerNorm (eps 1e-5) and MHSA (q, k, v, o with
+# bias, head size 32, per-head relative position bias '2d_multi_head') + residual. No MLP. The relative bias
+# here uses Swin's (query - key) table indexing; deeplab2 indexes key - query, a relabeling of the same table.
+
+
+class MOAT(nn.Module):
+    """MBConv (official MOATBlock names) followed by pre-LN relative-position MHSA, both residual."""
+
+    _emit_deps = (RelAttn, rel_index)
+
+    def __init__(self, ndim, in_channels, out_channels, heads, size, stride=1, expand=4, kernel_size=3,
+                 rel_pos=True):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1]
+        pool = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[ndim - 1]
+        mid = out_channels * expand
+        # TF 'same' average pooling pads only at the end and averages the valid inputs: ceil_mode here
+        self.shortcut_pool = pool(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else None
+        self.shortcut_conv = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.pre_norm = bn(in_channels)
+        self.expand_conv = conv(in_channels, mid, 1, bias=False)
+        self.expand_norm = bn(mid)
+        self.depthwise_conv = conv(mid, mid, kernel_size, stride=stride, padding=kernel_size // 2, groups=mid,
+                                   bias=False)
+        self.depthwise_norm = bn(mid)
+        self.shrink_conv = conv(mid, out_channels, 1)
+        self.act = nn.GELU()
+        self.attention_norm = nn.LayerNorm(out_channels, eps=1e-5)
+        self.attention = RelAttn(out_channels, heads, size, qkv_bias=True, rel_pos=rel_pos)
+
+    def forward(self, x):
+        shortcut = self.shortcut_pool(x) if self.shortcut_pool is not None else x
+        if self.shortcut_conv is not None:
+            shortcut = self.shortcut_conv(shortcut)
+        y = self.act(self.expand_norm(self.expand_conv(self.pre_norm(x))))
+        y = self.act(self.depthwise_norm(self.depthwise_conv(y)))
+        y = self.shrink_conv(y) + shortcut
+        t = y.flatten(2).transpose(1, 2)
+        t = t + self.attention.attend(self.attention_norm(t))
+        return t.transpose(1, 2).reshape(y.shape)
+
+
+def _moat_heads(a, ins):
+    return need_heads("moat", a.out or ins[0][0], a.heads, ins[0])
+
+
+def _moat_shape(a, ins):
+    need_spatial("moat", ins[0], (1, 2))
+    if a.stride > 1 and min(ins[0][1:]) < 2:
+        raise ArchError(f"moat(): stride {a.stride} needs every spatial size >= 2 (input shape {list(ins[0])})",
+                        hint="use stride 1 on feature maps this small")
+    _moat_heads(a, ins)
+    return (a.out or ins[0][0], *_strided(ins, 3, a.stride))
+
+
+def _moat_params(a, ins):
+    cin, cout = ins[0][0], a.out or ins[0][0]
+    mid, kv = cout * a.expand, 3 ** _nd(ins)
+    shortcut = cin * cout + cout if cin != cout else 0
+    mbconv = 2 * cin + cin * mid + 2 * mid + mid * kv + 2 * mid + mid * cout + cout
+    table = rel_table_size(_strided(ins, 3, a.stride)) * _moat_heads(a, ins) if a.rel_pos else 0
+    return shortcut + mbconv + 2 * cout + 4 * cout * cout + 4 * cout + table
+
+
+def _moat_macs(a, ins, out):
+    cin, cout = ins[0][0], a.out or ins[0][0]
+    mid, kv = cout * a.expand, 3 ** _nd(ins)
+    s_in, s_out = numel(ins[0][1:]), numel(out[1:])
+    shortcut = s_out * cin * cout if cin != cout else 0
+    return (shortcut + s_in * cin * mid + s_out * mid * kv + s_out * mid * cout
+            + attention_macs(s_out, s_out, cout))
+
+
+def _ref_avgpool2_ceil(x, stride):
+    """Average of the in-bounds inputs of each length-2, stride-`stride` window (windows clipped at the end)."""
+    for d in range(2, x.dim()):
+        size = x.shape[d]
+        outs = []
+        for o in range(-(-(size - 2) // stride) + 1):
+            lo, hi = o * stride, min(o * stride + 2, size)
+            outs.append(x.narrow(d, lo, hi - lo).sum(d) / (hi - lo))
+        x = torch.stack(outs, dim=d)
+    return x
+
+
+def _ref_ln(ln, t):
+    mean = t.mean(-1, keepdim=True)
+    var = ((t - mean) ** 2).mean(-1, keepdim=True)
+    return (t - mean) / torch.sqrt(var + ln.eps) * ln.weight.double() + ln.bias.double()
+
+
+def _moat_reference(m, x):
+    x = x.double()
+    shortcut = x
+    if m.shortcut_pool is not None:
+        shortcut = _ref_avgpool2_ceil(x, m.depthwise_conv.stride[0])
+    if m.shortcut_conv is not None:
+        shortcut = conv_reference(m.shortcut_conv, shortcut)
+    y = ref_act("gelu", ref_bn(m.expand_norm, conv_reference(m.expand_conv, ref_bn(m.pre_norm, x))))
+    y = ref_act("gelu", ref_bn(m.depthwise_norm, conv_reference(m.depthwise_conv, y)))
+    y = conv_reference(m.shrink_conv, y) + shortcut
+    n, c = y.shape[:2]
+    t = y.reshape(n, c, -1).transpose(1, 2)
+    t = t + ref_relattn_tokens(m.attention, _ref_ln(m.attention_norm, t))
+    return t.transpose(1, 2).reshape(y.shape)
+
+
+op("moat", Attr("out", "int", None, check=positive, doc="output channels (default: input channels)"),
+   Attr("stride", "int", 1, check=_stride_12),
+   Attr("heads", "int", None, check=positive, doc="default: out/32 when 32 divides out (head size 32), else 1"),
+   Attr("expand", "int", 4, check=positive, doc="MBConv hidden width = expand * out"),
+   Attr("rel_pos", "bool", True),
+   shape=_moat_shape, params=_moat_params, macs=_moat_macs,
+   torch=lambda a, ins: (MOAT, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out or ins[0][0],
+                                    heads=_moat_heads(a, ins), size=_strided(ins, 3, a.stride), stride=a.stride,
+                                    expand=a.expand, rel_pos=a.rel_pos)),
+   reference=_moat_reference, spatial_dims=(1, 2), category="block",
+   doc="MOAT block: MBConv (BN, 1x1 expand x4, GELU, dw3 stride, 1x1 shrink; residual) then LN + global MHSA "
+       "with relative position bias (residual); no MLP.",
+   examples=(({"heads": 2}, [(4, 5, 6)]), ({"out": 6, "stride": 2, "heads": 3}, [(4, 7, 6)]),
+             ({"out": 4, "heads": 2, "expand": 2}, [(3, 9)]), ({"stride": 2, "rel_pos": False}, [(4, 11)])))
+
+
+# -------------------------------------------------------------------------------------------------- grn
+# ConvNeXt-V2 Global Response Normalization (Woo et al. 2023; facebookresearch/ConvNeXt-V2 models/utils.py GRN):
+# Gx = ||x||_2 over the spatial positions per channel, Nx = Gx / (mean_c Gx + 1e-6),
+# y = gamma * (x * Nx) + beta + x, gamma and beta per channel, initialised to zero.
+
+
+class GRN(nn.Module):
+    """Global response normalization on channels-first inputs."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        gx = torch.linalg.vector_norm(x.flatten(2), dim=-1)  # (N, C)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        nx = nx.reshape(*nx.shape, *([1] * (x.dim() - 2)))
+        return self.gamma.reshape(shape) * (x * nx) + self.beta.reshape(shape) + x
+
+
+def _grn_reference(m, x):
+    x = x.double()
+    n, c = x.shape[:2]
+    t = x.reshape(n, c, -1)
+    gx = torch.sqrt(sum(t[..., i] ** 2 for i in range(t.shape[-1])))
+    nx = gx / (sum(gx[:, j] for j in range(c)).unsqueeze(1) / c + m.eps)
+    out = torch.empty_like(t)
+    for j in range(c):
+        out[:, j] = m.gamma[j].double() * t[:, j] * nx[:, j:j + 1] + m.beta[j].double() + t[:, j]
+    return out.reshape(x.shape)
+
+
+op("grn", shape=same_shape("grn"), params=lambda a, ins: 2 * ins[0][0],
+   torch=lambda a, ins: (GRN, dict(dim=ins[0][0])), reference=_grn_reference,
+   spatial_dims=(1, 2, 3), category="norm",
+   doc="ConvNeXt-V2 global response normalization: gamma * (x * Nx) + beta + x, Nx = ||x|| / mean_c ||x||.",
+   examples=(({}, [(5, 4, 7)]), ({}, [(3, 9)]), ({}, [(2, 1, 1)]), ({}, [(3, 2, 3, 4)])))
+
+
+# ----------------------------------------------------------------------------------------------- lsconv
+# LSNet "See Large, Focus Small" LS convolution (Wang et al. 2025; THU-MIG/lsnet model/lsnet.py LSConv, LKP,
+# ska.py): large-kernel perception LKP = Conv-BN 1x1 C -> C/2, ReLU, depthwise Conv-BN k_large, Conv-BN 1x1,
+# ReLU, 1x1 conv (bias) to k_small^d * C/groups weights, GroupNorm(C/groups groups); small-kernel aggregation
+# SKA: out[c] = sum over the k_small window of x[c] * w[c mod (C/groups)] (each weight channel is shared by
+# `groups` channels, official default 8), then BatchNorm, + x (the official LSConv includes the residual).
+
+
+def conv_bn(conv, bn, cin, cout, k=1, groups=1):
+    """LSNet's Conv2d_BN: conv (no bias) + BatchNorm, as a Sequential with children 'c' and 'bn'."""
+    m = nn.Sequential()
+    m.add_module("c", conv(cin, cout, k, padding=k // 2, groups=groups, bias=False))
+    m.add_module("bn", bn(cout))
+    return m
+
+
+class LKP(nn.Module):
+    """Large-kernel perception: per-position dynamic kernels (N, C/groups, k_small^d, *spatial)."""
+
+    _emit_deps = (conv_bn,)
+
+    def __init__(self, ndim, dim, k_large, k_small, groups):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1]
+        half, wc = dim // 2, dim // groups
+        self.taps = k_small ** ndim
+        self.cv1 = conv_bn(conv, bn, dim, half)
+        self.act = nn.ReLU()
+        self.cv2 = conv_bn(conv, bn, half, half, k_large, groups=half)
+        self.cv3 = conv_bn(conv, bn, half, half)
+        self.cv4 = conv(half, self.taps * wc, 1)
+        self.norm = nn.GroupNorm(wc, self.taps * wc)
+
+    def forward(self, x):
+        w = self.norm(self.cv4(self.act(self.cv3(self.cv2(self.act(self.cv1(x)))))))
+        return w.reshape(w.shape[0], -1, self.taps, *w.shape[2:])
+
+
+class LSConv(nn.Module):
+    """bn(SKA(x, LKP(x))) + x; SKA is a per-position k_small conv written as a batched matmul."""
+
+    _emit_deps = (LKP, conv_bn)
+
+    def __init__(self, ndim, dim, k_large=7, k_small=3, groups=8):
+        super().__init__()
+        self.lkp = LKP(ndim, dim, k_large, k_small, groups)
+        self.bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1](dim)
+        self.k_small, self.wc = k_small, dim // groups
+
+    def ska(self, x, w):
+        n, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
+        k, nd = self.k_small, len(sizes)
+        xp = F.pad(x, [k // 2] * (2 * nd))
+        taps = []
+        for i in range(k ** nd):  # kernel offsets in row-major order, as the LKP weight layout
+            offset = [(i // k ** (nd - 1 - d)) % k for d in range(nd)]
+            taps.append(xp[(slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(offset, sizes))])
+        patches = torch.stack(taps, dim=-1).reshape(n, c // self.wc, self.wc, -1, k ** nd).permute(0, 2, 3, 1, 4)
+        w = w.reshape(n, self.wc, k ** nd, -1).permute(0, 1, 3, 2).unsqueeze(-1)  # (N, wc, positions, taps, 1)
+        y = (patches @ w).squeeze(-1)  # (N, wc, positions, groups)
+        return y.permute(0, 3, 1, 2).reshape(x.shape)
+
+    def forward(self, x):
+        return self.bn(self.ska(x, self.lkp(x))) + x
+
+
+def _lsconv_shape(a, ins):
+    need_spatial("lsconv", ins[0])
+    c = ins[0][0]
+    if c % 2 or c % a.groups:
+        raise ArchError(f"lsconv(): needs even channels divisible by groups={a.groups}, got {c} channels "
+                        f"(input shape {list(ins[0])})",
+                        hint="LSConv halves the channels in its perception branch and shares each dynamic kernel "
+                             "over `groups` channels; pick channels divisible by 2 and by groups")
+    return tuple(ins[0])
+
+
+def _lsconv_parts(a, ins):
+    c, nd = ins[0][0], _nd(ins)
+    return c, c // 2, a.k_small ** nd * (c // a.groups), a.k_large ** nd, a.k_small ** nd
+
+
+def _lsconv_params(a, ins):
+    c, half, wch, kl, _ = _lsconv_parts(a, ins)
+    # cv1, cv2 (depthwise), cv3 convs each with a BN (2 * half); cv4 with bias; GroupNorm; the output BN
+    return c * half + half * kl + half * half + 6 * half + half * wch + wch + 2 * wch + 2 * c
+
+
+def _lsconv_macs(a, ins, out):
+    c, half, wch, kl, ks = _lsconv_parts(a, ins)
+    # the perception convs, then the dynamic aggregation: k_small^d MACs per output element
+    return numel(ins[0][1:]) * (c * half + half * kl + half * half + half * wch + c * ks)
+
+
+def _ref_gn(gn, x):
+    n, c = x.shape[:2]
+    g = x.reshape(n, gn.num_groups, -1)
+    mean = g.mean(-1, keepdim=True)
+    var = ((g - mean) ** 2).mean(-1, keepdim=True)
+    y = ((g - mean) / torch.sqrt(var + gn.eps)).reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    return y * gn.weight.double().reshape(shape) + gn.bias.double().reshape(shape)
+
+
+def _lsconv_reference(m, x):
+    x = x.double()
+    lkp = m.lkp
+
+    def cbn(seq, t):
+        return ref_bn(seq.bn, conv_reference(seq.c, t))
+
+    w = ref_act("relu", cbn(lkp.cv3, cbn(lkp.cv2, ref_act("relu", cbn(lkp.cv1, x)))))
+    w = _ref_gn(lkp.norm, conv_reference(lkp.cv4, w))
+    n, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
+    k = m.k_small
+    w = w.reshape(n, m.wc, k ** len(sizes), *sizes)[:, torch.arange(c) % m.wc]  # channel c uses c mod wc
+    xp = F.pad(x, [k // 2] * (2 * len(sizes)))
+    y = torch.zeros_like(x)
+    for i, offset in enumerate(_product((k,) * len(sizes))):
+        y += xp[(slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(offset, sizes))] * w[:, :, i]
+    return ref_bn(m.bn, y) + x
+
+
+op("lsconv", Attr("k_large", "int", 7, check=odd), Attr("k_small", "int", 3, check=odd),
+   Attr("groups", "int", 8, check=positive, doc="channels sharing one dynamic kernel (C/groups kernels)"),
+   shape=_lsconv_shape, params=_lsconv_params, macs=_lsconv_macs,
+   torch=lambda a, ins: (LSConv, dict(ndim=_nd(ins), dim=ins[0][0], k_large=a.k_large, k_small=a.k_small,
+                                      groups=a.groups)),
+   reference=_lsconv_reference, spatial_dims=(1, 2, 3), category="mixer",
+   doc="LSNet LS convolution: large-kernel depthwise perception predicts per-position k_small kernels shared "
+       "by channel groups; dynamic aggregation, BN, + x.",
+   examples=(({}, [(16, 7, 9)]), ({"groups": 2, "k_large": 5}, [(4, 13)]),
+             ({"groups": 4, "k_small": 5}, [(8, 6, 5)]),
+             ({"groups": 2, "k_large": 3}, [(4, 3, 4, 5)])))
+
+
+# ------------------------------------------------------------------------------------------ FFT helpers
+
+
+def fft_dtype(x):
+    """FFTs run in float32 / float64 (half-precision FFTs need power-of-two sizes), as the official AFF code."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _ref_dft(n, half=False, inverse=False):
+    """The (bins x n) DFT matrix exp(-+2 pi i k t / n), written out; half: bins 0..n//2."""
+    k = torch.arange(n // 2 + 1 if half else n, dtype=torch.float64)[:, None]
+    t = torch.arange(n, dtype=torch.float64)[None, :]
+    sign = 1.0 if inverse else -1.0
+    return torch.exp(sign * 2j * math.pi * k * t / n)
+
+
+def _ref_rfftn(x, ndim):
+    """rfftn over the last ndim axes (norm='ortho') by explicit DFT matrices; the last axis is halved."""
+    z = x.to(torch.complex128)
+    sizes = x.shape[-ndim:]
+    for i, n in enumerate(sizes):
+        axis = x.dim() - ndim + i
+        z = torch.movedim(torch.movedim(z, axis, -1) @ _ref_dft(n, half=i == ndim - 1).T, -1, axis)
+    return z / math.sqrt(math.prod(sizes))
+
+
+def _ref_irfftn(z, sizes, norm="ortho"):
+    """irfftn to real `sizes` by explicit inverse DFT matrices: sum of c_k Re(Z e^{+...}), c_k = 2 for the bins
+    that stand for a conjugate pair (not DC, not Nyquist), 1 otherwise."""
+    ndim = len(sizes)
+    for i, n in enumerate(sizes[:-1]):
+        axis = z.dim() - ndim + i
+        z = torch.movedim(torch.movedim(z, axis, -1) @ _ref_dft(n, inverse=True).T, -1, axis)
+    n = sizes[-1]
+    weights = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
+    weights[0] = 1.0
+    if n % 2 == 0:
+        weights[-1] = 1.0
+    y = ((z * weights) @ _ref_dft(n, half=True, inverse=True)).real
+    scale = math.sqrt(math.prod(sizes)) if norm == "ortho" else math.prod(sizes)
+    return y / scale
+
+
+# -------------------------------------------------------------------------------------------------- aff
+# Adaptive Frequency Filtering token mixer (Huang et al. 2023; microsoft/TokenMixers "Adaptive Frequency
+# Filters" affnet/modules/aff_block.py AFNO2D_channelfirst): X = rFFT(x) (ortho); a frequency-dependent mask
+# from a 2-layer complex MLP over the channels with block-diagonal weights (num_blocks=8, i.e. a grouped 1x1
+# conv on real / imaginary parts), ReLU on real and imaginary parts (the code's default activation), softshrink
+# (0.01); y = irFFT(mask * X) + x (the official module adds its input). Weights init 0.02 * randn.
+
+
+class AFF(nn.Module):
+    """Adaptive frequency filter over the spatial dims of a channels-first input (official names)."""
+
+    _emit_deps = (fft_dtype,)
+
+    def __init__(self, dim, num_blocks=8, hidden_size_factor=1, sparsity_threshold=0.01, act="relu"):
+        super().__init__()
+        self.num_blocks, self.block_size = num_blocks, dim // num_blocks
+        self.sparsity_threshold = sparsity_threshold
+        hidden = self.block_size * hidden_size_factor
+        self.w1 = nn.Parameter(0.02 * torch.randn(2, num_blocks, self.block_size, hidden))
+        self.b1 = nn.Parameter(0.02 * torch.randn(2, num_blocks, hidden))
+        self.w2 = nn.Parameter(0.02 * torch.randn(2, num_blocks, hidden, self.block_size))
+        self.b2 = nn.Parameter(0.02 * torch.randn(2, num_blocks, self.block_size))
+        self.act = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}[act]()
+
+    def forward(self, x):
+        dims = tuple(range(2, x.dim()))
+        z = torch.fft.rfftn(fft_dtype(x), dim=dims, norm="ortho")
+        n, bins = x.shape[0], z.shape[2:]
+        re = z.real.reshape(n, self.num_blocks, self.block_size, -1)
+        im = z.imag.reshape(n, self.num_blocks, self.block_size, -1)
+
+        def mm(t, w):  # block-diagonal channel mixing at every frequency: (N, blocks, in, F) x (blocks, in, out)
+            return torch.einsum("nkif,kio->nkof", t, w)
+
+        h_re = self.act(mm(re, self.w1[0]) - mm(im, self.w1[1]) + self.b1[0, :, :, None])
+        h_im = self.act(mm(im, self.w1[0]) + mm(re, self.w1[1]) + self.b1[1, :, :, None])
+        o_re = mm(h_re, self.w2[0]) - mm(h_im, self.w2[1]) + self.b2[0, :, :, None]
+        o_im = mm(h_im, self.w2[0]) + mm(h_re, self.w2[1]) + self.b2[1, :, :, None]
+        lam = self.sparsity_threshold
+        mask = torch.complex(F.softshrink(o_re, lam), F.softshrink(o_im, lam)).reshape(z.shape[0], -1, *bins)
+        y = torch.fft.irfftn(mask * z, s=x.shape[2:], dim=dims, norm="ortho")
+        return y.to(x.dtype) + x
+
+
+def _aff_shape(a, ins):
+    need_spatial("aff", ins[0])
+    c = ins[0][0]
+    if c % a.blocks:
+        raise ArchError(f"aff(): blocks={a.blocks} does not divide the {c} channels (input shape {list(ins[0])})",
+                        hint="the frequency MLP is block-diagonal over channel groups; choose blocks dividing C")
+    return tuple(ins[0])
+
+
+def _bins(ins):
+    *lead, last = ins[0][1:]
+    return math.prod(lead) * (last // 2 + 1)
+
+
+def _aff_params(a, ins):
+    c = ins[0][0]
+    bs, hid = c // a.blocks, c // a.blocks * a.hidden_factor
+    return 2 * a.blocks * (bs * hid + hid + hid * bs + bs)
+
+
+def _aff_macs(a, ins, out):
+    # per frequency bin, 4 real block-diagonal products in each of the 2 layers: 8 * C * bs * hidden_factor
+    c = ins[0][0]
+    return 8 * c * (c // a.blocks) * a.hidden_factor * _bins(ins)
+
+
+def _aff_reference(m, x):
+    """Explicit DFT matrices; the MLP as complex block matrix products (W0 + i W1), softshrink written out."""
+    x = x.double()
+    sizes = x.shape[2:]
+    z = _ref_rfftn(x, len(sizes))
+    n, c = x.shape[:2]
+    zb = z.reshape(n, m.num_blocks, m.block_size, -1).transpose(2, 3)  # (N, blocks, F, bs)
+    act = _act_name(m.act)
+    w1 = m.w1[0].double() + 1j * m.w1[1].double()
+    w2 = m.w2[0].double() + 1j * m.w2[1].double()
+    h = zb @ w1 + (m.b1[0].double() + 1j * m.b1[1].double())[:, None, :]
+    h = ref_act(act, h.real) + 1j * ref_act(act, h.imag)
+    o = h @ w2 + (m.b2[0].double() + 1j * m.b2[1].double())[:, None, :]
+
+    def shrink(t):
+        return torch.sign(t) * torch.clamp(t.abs() - m.sparsity_threshold, min=0.0)
+
+    mask = (shrink(o.real) + 1j * shrink(o.imag)).transpose(2, 3).reshape(z.shape)
+    return _ref_irfftn(mask * z, tuple(sizes)) + x
+
+
+op("aff", Attr("blocks", "int", 8, check=positive, doc="channel blocks of the block-diagonal frequency MLP"),
+   Attr("hidden_factor", "int", 1, check=positive), Attr("sparsity", "float", 0.01, check=non_negative),
+   Attr("act", "str", "relu", choices=_ACTS),
+   shape=_aff_shape, params=_aff_params, macs=_aff_macs, flop_counter_exact=False,
+   torch=lambda a, ins: (AFF, dict(dim=ins[0][0], num_blocks=a.blocks, hidden_size_factor=a.hidden_factor,
+                                   sparsity_threshold=a.sparsity, act=a.act)),
+   reference=_aff_reference, spatial_dims=(1, 2, 3), category="mixer",
+   doc="AFFNet adaptive frequency filter: rFFT, mask = softshrink(block-diagonal complex MLP(X)), irFFT(mask*X) "
+       "+ x. MACs: the MLP's 8*C*(C/blocks)*hidden_factor per frequency bin (FFTs not counted).",
+   examples=(({"blocks": 2}, [(4, 7, 6)]), ({"blocks": 3, "hidden_factor": 2}, [(6, 9)]),
+             ({"blocks": 1, "act": "gelu"}, [(2, 5, 5)]), ({"blocks": 2}, [(4, 10)]),
+             ({"blocks": 2, "act": "silu"}, [(2, 3, 4, 5)])))
+
+
+# ----------------------------------------------------------------------------------------- globalfilter
+# GFNet global filter (Rao et al. 2021; raoyongming/GFNet gfnet.py GlobalFilter): X = rFFT2(x) (ortho),
+# X * W with a learnable complex weight (init 0.02 * randn; stored as (C, H, W//2+1, 2) real), irFFT2 (ortho).
+# Equivalent to a circular depthwise convolution with a full-size kernel.
+
+
+class GlobalFilter(nn.Module):
+    """Learnable per-channel filter in the rFFT domain of the spatial dims (size fixed at build)."""
+
+    _emit_deps = (fft_dtype,)
+
+    def __init__(self, dim, size):
+        super().__init__()
+        bins = (*size[:-1], size[-1] // 2 + 1)
+        self.complex_weight = nn.Parameter(torch.randn(dim, *bins, 2) * 0.02)
+
+    def forward(self, x):
+        dims = tuple(range(2, x.dim()))
+        z = torch.fft.rfftn(fft_dtype(x), dim=dims, norm="ortho") * torch.view_as_complex(self.complex_weight)
+        return torch.fft.irfftn(z, s=x.shape[2:], dim=dims, norm="ortho").to(x.dtype)
+
+
+def _globalfilter_reference(m, x):
+    """Circular depthwise convolution with the spatial kernel k = inverse real DFT of the weight (explicit
+    DFT matrices), as an explicit sum over kernel offsets of rolled inputs."""
+    x = x.double()
+    sizes = tuple(x.shape[2:])
+    w = m.complex_weight.double()
+    kernel = _ref_irfftn(w[..., 0] + 1j * w[..., 1], sizes, norm="backward")  # (C, *sizes)
+    y = torch.zeros_like(x)
+    for offset in _product(sizes):  # y[c, p] = sum_o k[c, o] x[c, (p - o) mod size]
+        tap = kernel[(slice(None),) + tuple(offset)].reshape(1, -1, *([1] * len(sizes)))
+        y += tap * torch.roll(x, shifts=tuple(offset), dims=tuple(range(2, x.dim())))
+    return y
+
+
+op("globalfilter",
+   shape=same_shape("globalfilter"),
+   params=lambda a, ins: 2 * ins[0][0] * _bins(ins),
+   # one complex product (4 real multiply-adds) per channel and frequency bin; the FFTs are not counted
+   macs=lambda a, ins, out: 4 * ins[0][0] * _bins(ins), flop_counter_exact=False,
+   torch=lambda a, ins: (GlobalFilter, dict(dim=ins[0][0], size=tuple(ins[0][1:]))),
+   reference=_globalfilter_reference, spatial_dims=(1, 2, 3), category="mixer",
+   doc="GFNet global filter: irFFT(rFFT(x) * W), W a learnable complex (C, H, W//2+1) weight; needs a fixed "
+       "input size. MACs: 4 per channel and frequency bin (FFTs not counted).",
+   examples=(({}, [(3, 6, 7)]), ({}, [(4, 9)]), ({}, [(2, 5, 4)]), ({}, [(2, 10)]), ({}, [(2, 3, 4, 5)])))
+
+
+# ----------------------------------------------------------------------------------------------- sgconv
+# Structured Global Convolution (Li et al. 2022; ctlllll/SGConv gconv_standalone.py GConv, mode 'cat_randn'):
+# num_scales = 1 + ceil(log2(L / kernel_dim)) sub-kernels of kernel_dim=64 taps (randn); sub-kernel i is
+# linearly upsampled by 2^max(0, i-1) and weighted alpha^i (the code's multiplier 2^(S-1-i), i.e. alpha = 1/2
+# up to a constant the normalization removes); their concatenation, cut to length L, is divided by its norm
+# at init (the code's kernel_norm buffer); y = causal conv(u, k) by FFT (n = 2L) + D * u, D ~ randn.
+# channels=1, unidirectional; the activation and output linear of the GConv layer are separate ops.
+# A (C, H, W) input is read as a raster-order sequence of length H*W (the LRA image tasks' setup).
+
+
+class SGConv(nn.Module):
+    """Per-channel global causal convolution with a multiscale, decaying, sub-linearly parameterized kernel."""
+
+    _emit_deps = (fft_dtype,)
+
+    def __init__(self, dim, kernel_dim=64, num_scales=1, alpha=0.5):
+        super().__init__()
+        self.alpha = alpha
+        self.kernel_list = nn.ParameterList([nn.Parameter(torch.randn(dim, kernel_dim)) for _ in range(num_scales)])
+        self.D = nn.Parameter(torch.randn(dim))
+        self.register_buffer("kernel_norm", torch.ones(dim, 1))
+        with torch.no_grad():
+            self.kernel_norm.copy_(self.full_kernel().norm(dim=-1, keepdim=True))
+
+    def full_kernel(self):
+        parts = []
+        for i, k in enumerate(self.kernel_list):
+            scale = 2 ** max(0, i - 1)
+            k = k * self.alpha ** i
+            if scale > 1:
+                k = F.interpolate(k[None], scale_factor=scale, mode="linear")[0]
+            parts.append(k)
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, x):
+        u = x.flatten(2)
+        n = u.shape[-1]
+        k = self.full_kernel()[:, :n]
+        k = F.pad(k, (0, n - k.shape[-1])) / self.kernel_norm
+        y = torch.fft.irfft(torch.fft.rfft(fft_dtype(u), n=2 * n) * torch.fft.rfft(fft_dtype(k), n=2 * n), n=2 * n)
+        return (y[..., :n].to(x.dtype) + u * self.D[:, None]).reshape(x.shape)
+
+
+def _sg_scales(a, ins):
+    if a.num_scales is not None:
+        return a.num_scales
+    return max(1, 1 + math.ceil(math.log2(numel(ins[0][1:]) / a.kernel_dim)))
+
+
+def _sgconv_shape(a, ins):
+    need_spatial("sgconv", ins[0], (1, 2))
+    length = numel(ins[0][1:])
+    used = a.kernel_dim * 2 ** max(0, _sg_scales(a, ins) - 2)  # where the last sub-kernel starts
+    if _sg_scales(a, ins) > 1 and used >= length:
+        raise ArchError(f"sgconv(): num_scales={a.num_scales} with kernel_dim={a.kernel_dim} puts the last "
+                        f"sub-kernel past the sequence length {length} (input shape {list(ins[0])})",
+                        hint="leave num_scales unset (1 + ceil(log2(L / kernel_dim))) or lower it")
+    return tuple(ins[0])
+
+
+def _sgconv_reference(m, x):
+    """Build the kernel with linear interpolation written out, then the direct causal convolution sum."""
+    x = x.double()
+    u = x.reshape(*x.shape[:2], -1)
+    n = u.shape[-1]
+    parts = []
+    for i, k in enumerate(m.kernel_list):
+        k = k.double() * m.alpha ** i
+        s = 2 ** max(0, i - 1)
+        size = k.shape[-1]
+        up = torch.empty(k.shape[0], size * s, dtype=torch.float64)
+        for j in range(size * s):  # align_corners=False: source coordinate (j + 0.5) / s - 0.5, clamped
+            src = max((j + 0.5) / s - 0.5, 0.0)
+            lo = min(int(math.floor(src)), size - 1)
+            hi = min(lo + 1, size - 1)
+            frac = src - lo
+            up[:, j] = (1 - frac) * k[:, lo] + frac * k[:, hi]
+        parts.append(up)
+    kernel = torch.cat(parts, dim=-1)
+    kernel = torch.cat([kernel, torch.zeros(kernel.shape[0], max(0, n - kernel.shape[-1]), dtype=torch.float64)], -1)
+    kernel = kernel[:, :n] / m.kernel_norm.double()
+    y = u * m.D.double()[:, None]
+    for s in range(n):  # y[t] += k[s] * u[t - s] for t >= s
+        y[..., s:] += kernel[:, s:s + 1] * u[..., :n - s]
+    return y.reshape(x.shape)
+
+
+op("sgconv", Attr("kernel_dim", "int", 64, check=positive, doc="taps per sub-kernel"),
+   Attr("num_scales", "int", None, check=positive, doc="default 1 + ceil(log2(L / kernel_dim)), at least 1"),
+   Attr("alpha", "float", 0.5, check=positive, doc="decay of successive scales"),
+   shape=_sgconv_shape,
+   params=lambda a, ins: _sg_scales(a, ins) * ins[0][0] * a.kernel_dim + ins[0][0],
+   # the spectral product of the 2L-point FFT convolution: 4 real MACs per channel and bin (L + 1 bins)
+   macs=lambda a, ins, out: 4 * ins[0][0] * (numel(ins[0][1:]) + 1), flop_counter_exact=False,
+   torch=lambda a, ins: (SGConv, dict(dim=ins[0][0], kernel_dim=a.kernel_dim, num_scales=_sg_scales(a, ins),
+                                      alpha=a.alpha)),
+   reference=_sgconv_reference, spatial_dims=(1, 2), category="mixer",
+   doc="SGConv: per-channel global causal convolution (FFT) with a kernel of multiscale upsampled sub-kernels "
+       "decaying by alpha, plus a D skip; 2-D inputs are raster-order sequences. MACs: 4*C*(L+1) (FFTs not "
+       "counted).",
+   examples=(({"kernel_dim": 4}, [(3, 37)]), ({"kernel_dim": 3, "alpha": 0.7}, [(2, 5, 6)]),
+             ({"kernel_dim": 16}, [(2, 9)]), ({"kernel_dim": 5, "num_scales": 2}, [(3, 8)])))
+
+
+# --------------------------------------------------------------------------------------------- subpixel
+# Sub-pixel convolution (Shi et al. 2016, ESPCN): conv k (same padding) to out * r^2 channels, then
+# PixelShuffle(r); in 1-D conv to out * r channels and interleave them along L.
+
+
+class SubPixel(nn.Module):
+    """Conv to out * r^d channels, then a periodic shuffle into an r-times larger grid."""
+
+    def __init__(self, ndim, in_channels, out_channels, r=2, kernel_size=3):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d)[ndim - 1]
+        self.r = r
+        self.conv = conv(in_channels, out_channels * r ** ndim, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.dim() == 4:
+            return F.pixel_shuffle(y, self.r)
+        n, c, length = y.shape
+        return y.reshape(n, c // self.r, self.r, length).transpose(2, 3).reshape(n, c // self.r, length * self.r)
+
+
+def _subpixel_shape(a, ins):
+    need_spatial("subpixel", ins[0], (1, 2))
+    return (a.out, *[s * a.r for s in ins[0][1:]])
+
+
+def _subpixel_reference(m, x):
+    """out[:, c, i*r + a, j*r + b] = conv[:, c*r^2 + a*r + b, i, j] (c*r + a in 1-D), by explicit loops."""
+    y = conv_reference(m.conv, x.double())
+    r, nd = m.r, y.dim() - 2
+    cout = y.shape[1] // r ** nd
+    out = torch.empty(y.shape[0], cout, *[s * r for s in y.shape[2:]], dtype=torch.float64)
+    for c in range(cout):
+        for phase in _product((r,) * nd):
+            channel = c * r ** nd + sum(p * r ** (nd - 1 - d) for d, p in enumerate(phase))
+            out[(slice(None), c) + tuple(slice(p, None, r) for p in phase)] = y[:, channel]
+    return out
+
+
+op("subpixel", Attr("out", "int", check=positive), Attr("r", "int", 2, check=positive, doc="upscale factor"),
+   Attr("k", "int", 3, check=odd),
+   shape=_subpixel_shape,
+   params=lambda a, ins: (ins[0][0] * a.k ** _nd(ins) + 1) * a.out * a.r ** _nd(ins),
+   macs=lambda a, ins, out: numel(ins[0][1:]) * a.out * a.r ** _nd(ins) * ins[0][0] * a.k ** _nd(ins),
+   torch=lambda a, ins: (SubPixel, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out, r=a.r,
+                                        kernel_size=a.k)),
+   reference=_subpixel_reference, spatial_dims=(1, 2), category="block",
+   doc="ESPCN sub-pixel convolution: conv k to out*r^2 channels, pixel shuffle r (1-D: out*r, interleave).",
+   examples=(({"out": 3}, [(2, 5, 7)]), ({"out": 2, "r": 3, "k": 5}, [(3, 7)]), ({"out": 1, "r": 3}, [(4, 3, 2)])))
