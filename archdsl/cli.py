@@ -139,6 +139,73 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    import archdsl
+    from archdsl.search.report import write_report
+    from archdsl.search.spec import override_program
+    from archdsl.search.study import run_search
+
+    program = archdsl.parse(Path(args.file))
+    override_program(program, args.search, args.objective, args.constraint)
+    out = Path(args.out)
+    study, spec, data, seconds = run_search(
+        program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
+        storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
+        fixed=_overrides(program, args.set), progress=not args.quiet)
+    summary = write_report(study, out, data, program)
+    _print_front(summary, out, seconds)
+    return 0
+
+
+def _print_front(summary: dict, out: Path, seconds: float | None = None) -> None:
+    counts = summary["trials"]
+    took = f" in {seconds:.0f}s" if seconds is not None else ""
+    print(f"study {summary['study']}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned or "
+          f"infeasible, {counts.get('fail', 0)} failed{took}")
+    for m in summary["pareto"]:
+        objs = ", ".join(f"{k} = {v:.4g}" for k, v in m["objectives"].items())
+        test = f", test accuracy {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None else ""
+        print(f"  trial {m['number']}: {objs}, params {m.get('params', 0):,}{test} -> {m.get('arch', '-')}")
+    if "hypervolume" in summary:
+        print(f"hypervolume {summary['hypervolume']:.4g} (reference {summary['hypervolume_reference']})")
+    print(f"wrote {out / 'pareto.json'}")
+
+
+def cmd_report(args) -> int:
+    import optuna
+
+    from archdsl.search.report import write_report
+    from archdsl.search.study import make_storage
+
+    storage = make_storage(args.storage, Path(args.out)) if args.storage else None
+    if storage is None:
+        db = Path(args.study_path) / "study.db" if Path(args.study_path).is_dir() else Path(args.study_path)
+        if not db.exists():
+            raise ArchError(f"no study database at {db}", hint="give the --out folder of a search, or --storage URL")
+        storage = f"sqlite:///{db.resolve()}"
+        name = args.study
+    else:
+        name = args.study or args.study_path
+    names = optuna.get_all_study_names(storage)
+    if name is None:
+        if len(names) != 1:
+            raise ArchError(f"the storage holds {len(names)} studies: {', '.join(names)}", hint="pick one with --study")
+        name = names[0]
+    if name not in names:
+        from archdsl.errors import did_you_mean
+
+        raise ArchError(f"no study '{name}' in the storage", hint=did_you_mean(name, names) or ", ".join(names))
+    study = optuna.load_study(study_name=name, storage=storage)
+    data = None
+    if not args.no_test:
+        from archdsl.search.data import load
+
+        data = load(study.user_attrs.get("dataset", "mnist1d"))
+    summary = write_report(study, Path(args.out), data)
+    _print_front(summary, Path(args.out))
+    return 0
+
+
 def cmd_ops(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -192,6 +259,32 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=20)
     c.add_argument("--warmup", type=int, default=3)
     c.set_defaults(fn=cmd_bench)
+
+    c = sub.add_parser("search", help="multi-objective architecture search with Optuna (resumable)")
+    common(c)
+    c.add_argument("--search", help="which search section of the file (default: the last one)")
+    c.add_argument("--trials", type=int, help="finished trials the study should reach (default: the file's)")
+    c.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    c.add_argument("--jobs", type=int, default=1, help="trials run in parallel by this process")
+    c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
+    c.add_argument("--study", help="study name (default: the search section's name)")
+    c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="runs/search", help="output folder: pareto.json, plots, .arch and modules")
+    c.add_argument("--objective", action="append", default=[], metavar="ITEM",
+                   help="replace the objectives, e.g. --objective 'maximize accuracy(epochs = 5)' (repeatable)")
+    c.add_argument("--constraint", action="append", default=[], metavar="EXPR",
+                   help="add a constraint, e.g. --constraint 'params < 20k' (repeatable)")
+    c.add_argument("--quiet", action="store_true", help="no live progress display")
+    c.set_defaults(fn=cmd_search)
+
+    c = sub.add_parser("report", help="write pareto.json, plots, .arch files and modules for a study")
+    c.add_argument("study_path", help="a search's --out folder or its study.db (or a study name with --storage)")
+    c.add_argument("--storage", help="an Optuna storage URL instead of a folder")
+    c.add_argument("--study", help="study name, when the storage holds several")
+    c.add_argument("--out", default="runs/report")
+    c.add_argument("--no-test", action="store_true", help="skip measuring test accuracy of the Pareto members")
+    c.set_defaults(fn=cmd_report)
 
     c = sub.add_parser("ops", help="list the registered ops")
     c.set_defaults(fn=cmd_ops)

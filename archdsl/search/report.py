@@ -1,0 +1,156 @@
+"""Results of a study: pareto.json, a Pareto plot, a hypervolume-history plot, and for each Pareto trial a
+plain .arch file (every choice substituted), its compiled PyTorch module and its trained weights.
+
+Test accuracy is measured here, once, for the Pareto members only (the search saw the validation split).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+import archdsl
+from archdsl.errors import ArchError
+from archdsl.ir.printer import ir_hash
+
+
+def front(study) -> list:
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs]
+    if len(study.directions) == 1:
+        if not done:
+            return []
+        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        return [max(done, key=lambda t: sign * t.value)]
+    return sorted(study.best_trials, key=lambda t: t.values[0])
+
+
+def _losses(study, trials) -> np.ndarray:
+    """Objective values as losses (maximised objectives negated), one row per trial."""
+    signs = np.array([-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
+    return np.array([np.array(t.values) * signs for t in trials]).reshape(len(trials), len(signs))
+
+
+def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume dominated by `losses` (all minimised) up to `reference` (WFG algorithm, via Optuna)."""
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = losses[np.all(losses < reference, axis=1)]
+    return float(compute_hypervolume(pts, reference)) if len(pts) else 0.0
+
+
+def hypervolume_history(study, reference: np.ndarray) -> list[float]:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done.sort(key=lambda t: t.number)
+    out = []
+    for i in range(1, len(done) + 1):
+        out.append(hypervolume(_losses(study, done[:i]), reference))
+    return out
+
+
+def default_reference(study) -> np.ndarray:
+    """Accuracy 0 and, for minimised objectives, 10% beyond the worst value seen."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    losses = _losses(study, done) if done else np.zeros((1, len(study.directions)))
+    ref = []
+    for j, d in enumerate(study.directions):
+        ref.append(0.0 if d == optuna.study.StudyDirection.MAXIMIZE else float(losses[:, j].max()) * 1.1 + 1e-9)
+    return np.array(ref)
+
+
+def write_report(study, out: Path, data=None, program=None) -> dict:
+    """Write everything a user needs after a search into `out`; returns the pareto.json content."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = study.user_attrs.get("objectives") or [f"objective{i}" for i in range(len(study.directions))]
+    members = []
+    pareto_dir = out / "pareto"
+    if pareto_dir.exists():
+        shutil.rmtree(pareto_dir)
+    pareto_dir.mkdir()
+    for t in front(study):
+        members.append(_member(t, names, pareto_dir, data))
+    ref = default_reference(study) if len(study.directions) > 1 else None
+    trials = study.get_trials(deepcopy=False)
+    summary = {
+        "study": study.study_name,
+        "objectives": names,
+        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState},
+        "pareto": members,
+    }
+    if ref is not None:
+        history = hypervolume_history(study, ref)
+        summary["hypervolume"] = history[-1] if history else 0.0
+        summary["hypervolume_reference"] = ref.tolist()
+        _plots(study, out, names, history)
+    (out / "pareto.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _member(t, names, pareto_dir: Path, data) -> dict:
+    from codegen.python_source import emit
+
+    entry = {"number": t.number, "objectives": dict(zip(names, t.values)),
+             **{k: t.user_attrs.get(k) for k in ("params", "macs", "memory", "latency_ms", "accuracy", "ir_hash")},
+             "params_choice": {k: v for k, v in t.params.items()}}
+    source = t.user_attrs.get("arch")
+    if not source:
+        return entry
+    arch = pareto_dir / f"trial{t.number}.arch"
+    arch.write_text(f"# trial {t.number}: {', '.join(f'{n} = {v:.4g}' for n, v in zip(names, t.values))}\n" + source)
+    entry["arch"] = str(arch)
+    try:
+        G = archdsl.build(archdsl.parse(arch))
+    except ArchError as e:
+        entry["error"] = e.format()
+        return entry
+    entry["exact_resolution"] = ir_hash(G) == t.user_attrs.get("ir_hash")
+    module_py = pareto_dir / f"trial{t.number}.py"
+    module_py.write_text(emit(G))
+    entry["module"] = str(module_py)
+    weights = t.user_attrs.get("weights")
+    if weights and Path(weights).exists():
+        dst = pareto_dir / f"trial{t.number}.pt"
+        shutil.copyfile(weights, dst)
+        entry["weights"] = str(dst)
+        if data is not None and entry["exact_resolution"]:
+            from archdsl.search.trial import test_accuracy
+
+            entry["test_accuracy"] = test_accuracy(G, str(dst), data)
+    return entry
+
+
+def _plots(study, out: Path, names, history) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    best = {t.number for t in study.best_trials}
+    if done:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        xs = np.array([t.values[1] for t in done])
+        ys = np.array([t.values[0] for t in done])
+        on = np.array([t.number in best for t in done])
+        ax.scatter(xs[~on], ys[~on], s=18, c="#9aa5b1", label="trials")
+        order = np.argsort(xs[on])
+        ax.plot(xs[on][order], ys[on][order], "o-", c="#d1495b", label="Pareto front")
+        ax.set_xlabel(names[1])
+        ax.set_ylabel(names[0])
+        ax.set_title(f"{study.study_name}: {len(done)} complete trials")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "pareto.png", dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(history) + 1), history, c="#00798c")
+    ax.set_xlabel("complete trials")
+    ax.set_ylabel("hypervolume")
+    ax.set_title("hypervolume history")
+    fig.tight_layout()
+    fig.savefig(out / "hypervolume.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""The Optuna side of search constructs: every choice/int/float met during elaboration becomes a trial
+suggestion under its stable name (define-by-run, so conditional spaces need nothing special)."""
+from __future__ import annotations
+
+from archdsl.frontend.space import Dim, Resolver
+
+
+class TrialResolver(Resolver):
+    """Asks an Optuna trial for each dimension; choices are suggested by their .arch labels."""
+
+    def __init__(self, trial, fixed: dict | None = None):
+        super().__init__()
+        self.trial = trial
+        self.fixed = dict(fixed or {})  # --set values: pinned, not searched
+
+    def pick(self, dim: Dim):
+        if dim.name in self.fixed:
+            from archdsl.frontend.space import check_value
+
+            return check_value(dim, self.fixed[dim.name])
+        if dim.kind == "choice":
+            label = self.trial.suggest_categorical(dim.name, list(dim.labels))
+            return dim.options[list(dim.labels).index(label)]
+        if dim.kind == "int":
+            return self.trial.suggest_int(dim.name, dim.low, dim.high, step=dim.step or 1)
+        return self.trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
+
+
+class RandomResolver(Resolver):
+    """Uniform random values (for `archdsl check --samples N`)."""
+
+    def __init__(self, rng):
+        super().__init__()
+        self.rng = rng
+
+    def pick(self, dim: Dim):
+        if dim.kind == "choice":
+            return dim.options[self.rng.randrange(len(dim.options))]
+        if dim.kind == "int":
+            step = dim.step or 1
+            return dim.low + step * self.rng.randrange((dim.high - dim.low) // step + 1)
+        if dim.log:
+            import math
+
+            return math.exp(self.rng.uniform(math.log(dim.low), math.log(dim.high)))
+        return self.rng.uniform(dim.low, dim.high)

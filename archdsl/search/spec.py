@@ -1,0 +1,163 @@
+"""What a search asks for: the `search` section of an .arch file, with command-line overrides.
+
+    search mixers over mnist1d {
+      maximize accuracy(epochs = 20)
+      minimize latency(batch = 1, device = cpu)
+      constraint params < 50k
+      trials = 60
+    }
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from archdsl.errors import ArchError, Span, did_you_mean
+from archdsl.frontend import ast as A
+
+METRICS = {  # name -> (default direction, allowed arguments)
+    "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay"}),
+    "latency": ("minimize", {"batch", "device", "precision", "runs"}),
+    "params": ("minimize", set()),
+    "macs": ("minimize", set()),
+    "memory": ("minimize", {"batch"}),
+    "synflow": ("maximize", set()),
+    "naswot": ("maximize", set()),
+    "jacob_cov": ("maximize", set()),
+    "grad_norm": ("maximize", set()),
+}
+SETTINGS = {"trials": int, "timeout": (int, float), "model": str, "seed": int, "sampler": str,
+            "val_fraction": float, "jobs": int}
+
+
+@dataclass
+class Objective:
+    metric: str
+    direction: str
+    args: dict = field(default_factory=dict)
+    span: Span | None = None
+
+    @property
+    def key(self) -> str:
+        return self.metric
+
+
+@dataclass
+class SearchSpec:
+    name: str
+    dataset: str
+    dataset_args: tuple
+    objectives: list
+    constraints: list  # AST expressions, evaluated against the trial's metrics
+    settings: dict
+    span: Span | None = None
+
+    def objective(self, metric: str) -> Objective | None:
+        return next((o for o in self.objectives if o.metric == metric), None)
+
+
+def _const(program, expr):
+    from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
+    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.values import CONSTANTS
+
+    return Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=dict(CONSTANTS, cpu="cpu", cuda="cuda")),
+                                                       Ctx(refs={}))
+
+
+def _objective(program, item: A.SearchItem) -> Objective:
+    e = item.value
+    name = e.func if isinstance(e, A.Call) else getattr(e, "id", None)
+    if name not in METRICS:
+        raise ArchError(f"unknown objective '{name}'", item.span,
+                        hint=did_you_mean(str(name), METRICS) or f"objectives: {', '.join(METRICS)}")
+    args = {}
+    if isinstance(e, A.Call):
+        if e.args:
+            raise ArchError(f"{name}(...) takes named arguments, e.g. {name}(batch = 1)", e.span)
+        allowed = METRICS[name][1]
+        for k, v in e.kwargs.items():
+            if k not in allowed:
+                raise ArchError(f"{name}() has no argument '{k}'", e.span,
+                                hint=did_you_mean(k, allowed) or f"it takes {', '.join(sorted(allowed)) or 'none'}")
+            args[k] = _const(program, v)
+    return Objective(name, item.kind, args, item.span)
+
+
+def load_spec(program: A.Program, search: str | None = None, overrides: dict | None = None) -> SearchSpec:
+    """The file's search section (the named one, or the only one), with `overrides` of settings."""
+    if not program.searches:
+        raise ArchError(f"{program.file} has no search section",
+                        hint="add `search NAME over mnist1d { maximize accuracy(epochs = 10) ... }`")
+    if search is None:
+        s = program.searches[-1]
+    else:
+        s = next((x for x in program.searches if x.name == search), None)
+        if s is None:
+            raise ArchError(f"no search '{search}' in {program.file}",
+                            hint=did_you_mean(search, [x.name for x in program.searches]))
+    ds_name, ds_args = "mnist1d", ()
+    if s.dataset is not None:
+        if isinstance(s.dataset, A.Name):
+            ds_name = s.dataset.id
+        elif isinstance(s.dataset, A.Call):
+            ds_name = s.dataset.func
+            ds_args = tuple(_const(program, a) for a in s.dataset.args)
+        else:
+            raise ArchError("`over` takes a data set: mnist1d, digits, npz(\"file.npz\") or images(\"folder\")",
+                            s.dataset.span)
+    objectives, constraints, settings = [], [], {}
+    for item in s.items:
+        if item.kind in ("maximize", "minimize"):
+            objectives.append(_objective(program, item))
+        elif item.kind == "constraint":
+            constraints.append(item.value)
+        elif item.kind == "setting":
+            if item.name not in SETTINGS:
+                raise ArchError(f"unknown search setting '{item.name}'", item.span,
+                                hint=did_you_mean(item.name, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+            value = _const(program, item.value) if not isinstance(item.value, A.Name) else item.value.id
+            if not isinstance(value, SETTINGS[item.name]) or isinstance(value, bool):
+                raise ArchError(f"search setting {item.name} = {value!r} has the wrong type", item.span)
+            settings[item.name] = value
+        elif item.kind == "annotation":
+            raise ArchError("annotations in a search section are not supported; put @precision(choice(...)) on "
+                            "the model or a block instead", item.span)
+    known = set(METRICS) | {"latency_ms"}
+    for c in constraints:
+        from archdsl.search.trial import _names
+
+        unknown = _names(c) - known
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ArchError(f"constraint uses '{name}', which is not a metric", c.span,
+                            hint=did_you_mean(name, known) or f"metrics: {', '.join(sorted(known))}")
+    if not objectives:
+        raise ArchError(f"search '{s.name}' declares no objective", s.span,
+                        hint="add e.g. `maximize accuracy(epochs = 10)` and `minimize latency(batch = 1)`")
+    names = [o.metric for o in objectives]
+    if len(set(names)) != len(names):
+        raise ArchError(f"search '{s.name}' lists an objective twice: {', '.join(names)}", s.span)
+    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return SearchSpec(s.name, ds_name, ds_args, objectives, constraints, settings, s.span)
+
+
+def override_program(program: A.Program, search: str | None, objectives: list[str], constraints: list[str]) -> None:
+    """Apply --objective / --constraint from the command line to the program's search section, parsing them
+    with the .arch grammar (so their errors point into the option text)."""
+    if not objectives and not constraints:
+        return
+    from archdsl.frontend.parse import parse_text
+
+    if not program.searches:
+        program.searches.append(A.Search(Span(program.file, 1, 1), "search", None, []))
+    target = program.searches[-1] if search is None else next((s for s in program.searches if s.name == search),
+                                                                program.searches[-1])
+    extra = []
+    for i, text in enumerate(objectives):
+        (s,) = parse_text(f"search o {{ {text} }}", file=f"<--objective {i + 1}>")
+        extra += s.items
+    if objectives:
+        target.items = [it for it in target.items if it.kind not in ("maximize", "minimize")] + extra
+    for i, text in enumerate(constraints):
+        (s,) = parse_text(f"search c {{ constraint {text} }}", file=f"<--constraint {i + 1}>")
+        target.items += s.items

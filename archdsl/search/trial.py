@@ -1,0 +1,260 @@
+"""One trial, in order: build -> static checks and constraints -> dedupe by IR hash -> latency of the deploy
+graph -> zero-cost proxies -> training with intermediate reports -> metrics on the trial.
+
+An infeasible architecture (a shape error, a violated constraint) is recorded with its reason and pruned
+before any training; a trial that breaks (NaN loss, out of memory) is failed with its error.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import optuna
+import torch
+
+import archdsl
+from archdsl.errors import ArchError
+from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
+from archdsl.frontend.space import DefaultResolver
+from archdsl.frontend.values import CONSTANTS
+from archdsl.ir.cost import summary
+from archdsl.ir.printer import ir_hash
+from archdsl.search.latency import measure
+from archdsl.search.pruning import should_stop
+from archdsl.search.proxies import PROXIES
+from archdsl.search.resolved import resolved_source
+from archdsl.search.space import TrialResolver
+from archdsl.search.train import TrialFailed, evaluate, train
+
+METRIC_ATTRS = ("params", "macs", "memory", "latency_ms", "accuracy", "synflow", "naswot", "jacob_cov", "grad_norm")
+
+
+class Infeasible(Exception):
+    pass
+
+
+def activation_bytes(G, batch: int = 1, bytes_per_elem: int = 4) -> int:
+    """Peak bytes of live activations in the graph's execution order (a static estimate of inference
+    memory beyond the weights): a tensor lives from its producer until its last consumer runs."""
+    from archdsl.ir.graph import order
+
+    seq = order(G)
+    pos = {n: i for i, n in enumerate(seq)}
+    last_use = {n: max((pos[s] for s in G.successors(n)), default=pos[n]) for n in seq}
+    live, peak = 0, 0
+    sizes = {n: batch * bytes_per_elem * _numel(G.nodes[n]["shape"]) for n in seq}
+    dying: dict[int, list] = {}
+    for n in seq:
+        dying.setdefault(last_use[n], []).append(n)
+    for i, n in enumerate(seq):
+        live += sizes[n]
+        peak = max(peak, live)
+        for m in dying.get(i, []):
+            live -= sizes[m]
+    return peak
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+class TrialRunner:
+    """The objective function Optuna calls; holds what is shared between trials."""
+
+    def __init__(self, program, spec, data, out: Path, fixed: dict, seed: int = 0):
+        self.program = program
+        self.spec = spec
+        self.data = data
+        self.out = out
+        self.fixed = fixed
+        self.seed = seed
+        self.model = spec.settings.get("model")
+
+    # ----- the objective
+    def __call__(self, trial: optuna.Trial):
+        t0 = time.perf_counter()
+        resolver = TrialResolver(trial, self.fixed)
+        try:
+            G = archdsl.build(self.program, self.model, resolver=resolver)
+            self._check_input(G)
+        except ArchError as e:
+            return self._infeasible(trial, e.format())
+        info = summary(G)
+        h = ir_hash(G)
+        metrics = {"params": info["params"], "macs": info["macs"], "memory": activation_bytes(G)}
+        trial.set_user_attr("ir_hash", h)
+        trial.set_user_attr("arch", resolved_source(self.program, resolver, G))
+        for k, v in metrics.items():
+            trial.set_user_attr(k, v)
+        reason = self._violated(metrics)
+        if reason:
+            return self._infeasible(trial, reason)
+        earlier = self._earlier(trial.study, h)
+        if earlier is not None and earlier.state == optuna.trial.TrialState.COMPLETE:
+            for k in METRIC_ATTRS + ("weights", "val_curve"):
+                if k in earlier.user_attrs:
+                    trial.set_user_attr(k, earlier.user_attrs[k])
+            trial.set_user_attr("duplicate_of", earlier.number)
+            return earlier.values if len(earlier.values) > 1 else earlier.values[0]
+        seed = (int(h[:8], 16) + self.seed) % (2**31)
+        torch.manual_seed(seed)
+        module = archdsl.compile(G)
+        if self._needs("latency"):
+            metrics["latency_ms"] = self._latency(G, module, earlier)
+            trial.set_user_attr("latency_ms", metrics["latency_ms"])
+            reason = self._violated(metrics)
+            if reason:
+                return self._infeasible(trial, reason)
+        for name, fn in PROXIES.items():
+            if self._needs(name):
+                x, y = self.data.x_train[:64], self.data.y_train[:64]
+                metrics[name] = fn(module, x, y)
+                trial.set_user_attr(name, metrics[name])
+        if self._needs("accuracy"):
+            metrics["accuracy"] = self._train(trial, module, seed)
+            trial.set_user_attr("accuracy", metrics["accuracy"])
+            reason = self._violated(metrics)
+            if reason:
+                return self._infeasible(trial, reason)
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+        values = [float(metrics["latency_ms" if o.metric == "latency" else o.metric]) for o in self.spec.objectives]
+        return values if len(values) > 1 else values[0]
+
+    # ----- steps
+    def _check_input(self, G):
+        shape = tuple(G.nodes[G.graph["input"]]["shape"])
+        if self._needs("accuracy") or any(self._needs(p) for p in PROXIES):
+            if shape != self.data.input_shape:
+                raise ArchError(f"the model's input is {list(shape)} but data set '{self.data.name}' has samples of "
+                                f"shape {list(self.data.input_shape)}", G.nodes[G.graph["input"]]["span"],
+                                hint=f"declare `input x{list(self.data.input_shape)}`")
+            out = tuple(G.nodes[G.graph["output"]]["shape"])
+            if out != (self.data.classes,):
+                raise ArchError(f"the model outputs {list(out)} but data set '{self.data.name}' has "
+                                f"{self.data.classes} classes", G.nodes[G.graph["output"]]["span"],
+                                hint=f"end the model with linear({self.data.classes})")
+
+    def _infeasible(self, trial, reason: str):
+        trial.set_user_attr("infeasible", reason)
+        raise optuna.TrialPruned(reason.splitlines()[0])
+
+    def _needs(self, metric: str) -> bool:
+        if self.spec.objective(metric) is not None:
+            return True
+        return any(metric in _names(c) or (metric == "latency" and "latency_ms" in _names(c))
+                   for c in self.spec.constraints)
+
+    def _violated(self, metrics: dict) -> str | None:
+        env = dict(metrics)
+        if "latency_ms" in env:
+            env["latency"] = env["latency_ms"]
+        for c in self.spec.constraints:
+            if not _names(c) <= set(env):
+                continue  # not measured yet: checked again later
+            ok = Elaborator(self.program, DefaultResolver()).eval(c, Frame(vars=dict(CONSTANTS, **env)), Ctx(refs={}))
+            if not ok:
+                shown = ", ".join(f"{k}={_fmt(env[k])}" for k in sorted(_names(c)))
+                return f"constraint at {c.span} not met ({shown})"
+        return None
+
+    def _earlier(self, study, h: str):
+        """A finished trial of the same architecture (complete first), if any."""
+        best = None
+        for t in study.get_trials(deepcopy=False):
+            if t.user_attrs.get("ir_hash") != h:
+                continue
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                return t
+            if best is None and "latency_ms" in t.user_attrs:
+                best = t
+        return best
+
+    def _latency(self, G, module, earlier) -> float:
+        if earlier is not None and "latency_ms" in earlier.user_attrs:
+            return earlier.user_attrs["latency_ms"]
+        o = self.spec.objective("latency")
+        args = o.args if o else {}
+        deploy = _deploy(G, module)
+        return round(measure(deploy, G.nodes[G.graph["input"]]["shape"], batch=int(args.get("batch", 1)),
+                             device=str(args.get("device", "cpu")), precision=str(args.get("precision", "fp32")),
+                             runs=int(args.get("runs", 30))), 4)
+
+    def _train(self, trial, module, seed) -> float:
+        o = self.spec.objective("accuracy")
+        args = o.args if o else {}
+        multi = len(self.spec.objectives) > 1
+        curve = []
+
+        def report(epoch, acc):
+            curve.append(acc)
+            trial.set_user_attr("val_curve", curve)
+            if not multi:
+                trial.report(acc, epoch)
+                return trial.should_prune()
+            return should_stop(trial, epoch, acc, self.spec)
+
+        try:
+            history = train(module, self.data, epochs=int(args.get("epochs", 10)), batch=int(args.get("batch", 128)),
+                            lr=float(args.get("lr", 1e-2)), weight_decay=float(args.get("weight_decay", 1e-4)),
+                            seed=seed, report=report)
+        except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
+            raise TrialFailed(f"out of memory: {e}") from None
+        epochs = int(args.get("epochs", 10))
+        if len(history) < epochs:
+            trial.set_user_attr("stopped_at_epoch", len(history))
+            raise optuna.TrialPruned(f"stopped at epoch {len(history)}: val accuracy {history[-1]:.3f}")
+        self._save_weights(trial, module)
+        return history[-1]
+
+    def _save_weights(self, trial, module):
+        path = self.out / "weights" / f"trial{trial.number}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(module.state_dict(), tmp)
+        os.replace(tmp, path)
+        trial.set_user_attr("weights", str(path))
+
+
+def _deploy(G, module):
+    try:
+        return archdsl.compile(G, mode="deploy")
+    except ArchError:
+        return module
+
+
+def _names(expr) -> set:
+    from archdsl.frontend import ast as A
+
+    if isinstance(expr, A.Name):
+        return {expr.id}
+    out = set()
+    for v in vars(expr).values():
+        if isinstance(v, A.Node):
+            out |= _names(v)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, A.Node):
+                    out |= _names(x)
+    return out
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def test_accuracy(G, weights: str, data) -> float | None:
+    """Accuracy on the held-out test split, from a trial's saved weights (measured once, for reports)."""
+    if not weights or not Path(weights).exists():
+        return None
+    module = archdsl.compile(G)
+    module.load_state_dict(torch.load(weights, weights_only=True))
+    return evaluate(module, data.x_test, data.y_test)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
