@@ -41,6 +41,8 @@ def cmd_check(args) -> int:
     from archdsl.ir.cost import block_table, summary
     from archdsl.ir.printer import dump, ir_hash
 
+    if args.samples:
+        return _check_samples(args)
     _, G = _load(args)
     info = summary(G) | {"ir_hash": ir_hash(G), "blocks": block_table(G, args.depth)}
     if G.graph.get("space"):
@@ -54,6 +56,66 @@ def cmd_check(args) -> int:
         return 0
     _print_table(info, args.file)
     return 0
+
+
+def _check_samples(args) -> int:
+    """Build N random points of the space; report which choices lead to invalid architectures."""
+    import random
+    from collections import Counter
+
+    import archdsl
+    from archdsl.frontend.values import show
+    from archdsl.search.space import RandomResolver
+
+    program = archdsl.parse(Path(args.file))
+    fixed = _overrides(program, args.set)
+    rng = random.Random(args.seed)
+    ok, failures = 0, []
+    for _ in range(args.samples):
+        resolver = RandomResolver(rng)
+        try:
+            archdsl.build(program, args.model, resolver=_Pinned(resolver, fixed))
+            ok += 1
+        except ArchError as e:
+            failures.append((e, {k: show(v) for k, v in resolver.values.items()}))
+    by_error = Counter((str(e.span), e.message) for e, _ in failures)
+    blame = Counter((k, v) for _, vals in failures for k, v in vals.items())
+    report = {"samples": args.samples, "valid": ok, "invalid": len(failures),
+              "errors": [{"where": w, "message": m, "count": c} for (w, m), c in by_error.most_common()],
+              "suspects": [{"choice": k, "value": v, "in_failures": c} for (k, v), c in blame.most_common(10)
+                           if c == len(failures) or c > 1]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{ok}/{args.samples} sampled architectures are valid")
+        for row in report["errors"]:
+            print(f"  {row['count']:4d} x {row['where']}: {row['message']}")
+        if failures:
+            print("values present in the most failures:")
+            for row in report["suspects"][:6]:
+                print(f"  {row['choice']} = {row['value']}  ({row['in_failures']}/{len(failures)})")
+    return 0
+
+
+class _Pinned:
+    """A resolver that keeps --set values fixed and samples the rest."""
+
+    def __init__(self, inner, fixed):
+        self.inner, self.fixed = inner, fixed
+        self.dims, self.values = inner.dims, inner.values
+        self.overrides = {}
+
+    def resolve(self, dim):
+        if dim.name in self.fixed:
+            from archdsl.frontend.space import check_value
+
+            self.dims[dim.name] = dim
+            self.values[dim.name] = check_value(dim, self.fixed[dim.name])
+            return self.values[dim.name]
+        return self.inner.resolve(dim)
+
+    def finish(self):
+        pass
 
 
 def _plain(v):
@@ -239,6 +301,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--ir", action="store_true", help="print the IR text dump")
     c.add_argument("--spans", action="store_true", help="with --ir: show the source position of each node")
     c.add_argument("--depth", type=int, default=1, help="group the table by this many name levels")
+    c.add_argument("--samples", type=int, default=0, help="build N random points of the search space instead")
+    c.add_argument("--seed", type=int, default=0, help="with --samples: the random seed")
     c.set_defaults(fn=cmd_check)
 
     c = sub.add_parser("compile", help="emit a self-contained PyTorch module")
