@@ -23,6 +23,22 @@ def block_table(G: nx.DiGraph, depth: int = 1) -> list[dict]:
     return list(rows.values())
 
 
+def size_bytes(G: nx.DiGraph) -> int:
+    """Bytes of the parameters at each node's precision (fp32 4, bf16/fp16 2, int8/fp8 1); parameters tied
+    in a share group are counted once."""
+    from archdsl.quant import BYTES
+
+    total = sum(d["params"] * BYTES[d["precision"]] for _, d in G.nodes(data=True))
+    seen = set()
+    for _, d in G.nodes(data=True):
+        key = (d.get("share"), d["op"])
+        if key[0]:
+            if key in seen:
+                total -= d.get("shared_params", 0) * BYTES[d["precision"]]
+            seen.add(key)
+    return total
+
+
 def summary(G: nx.DiGraph) -> dict:
     t = totals(G)
     return {
@@ -32,5 +48,6 @@ def summary(G: nx.DiGraph) -> dict:
         "input_shape": list(G.nodes[G.graph["input"]]["shape"]),
         "output_shape": list(G.nodes[G.graph["output"]]["shape"]),
         "nodes": G.number_of_nodes() - 2,
+        "size_bytes": size_bytes(G),
         "shared_params_counted_once": shared_duplicates(G),
     }
