@@ -92,7 +92,9 @@ def emit(G: nx.DiGraph) -> str:
     init = [f"self.{c} = nn.Module()" for c in containers] + built
     init += _share_lines(G)
     forward = gm_graph.python_code(root_module="self").src
-    src = HEADER.format(name=name, file=G.graph.get("file") or "<text>")
+    # The file name goes into a docstring: escape it so no quote or backslash in a path can end it early.
+    file = (G.graph.get("file") or "<text>").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    src = HEADER.format(name=name, file=file)
     src += "\n\n".join(_sources(classes)) + ("\n\n" if classes else "")
     src += f"class {cls_name}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
     src += "".join(f"        {line}\n" for line in init)

@@ -156,6 +156,9 @@ class Elaborator:
             stop = self.eval(s.stop, frame, ctx)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, stop)):
                 raise ArchError(f"a range needs integer bounds, got {show(start)}..{show(stop)}", s.span)
+            if stop - start > MAX_NODES:
+                raise ArchError(f"the range {start}..{stop} has more than {MAX_NODES} items", s.span,
+                                hint="check the loop bounds")
             items = list(range(start, stop))
         for i, item in enumerate(items):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
@@ -167,6 +170,8 @@ class Elaborator:
         n = self.eval(s.count, frame, ctx)
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ArchError(f"repeat needs a whole number of times (0 or more), got {show(n)}", s.count.span)
+        if n > MAX_NODES:
+            raise ArchError(f"repeat {n} is more than {MAX_NODES} times", s.count.span, hint="check the repeat count")
         for i in range(n):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
             current = self.run_body(s.body, frame, sub, current)
@@ -226,6 +231,8 @@ class Elaborator:
                 current = self.apply(v, current, frame, ctx, span)
             return current
         if isinstance(value, Closure):
+            if hint:  # `body = {...}` applied as `body`: its nodes live under `body.`
+                ctx = replace(ctx, path=ctx.path + (self._segment(ctx.path, hint),))
             return self.run_body(value.body, Frame(value.frame), ctx, current) or current
         if not isinstance(value, OpValue):
             raise ArchError(f"cannot apply {show(value)} to a tensor", span,
@@ -307,8 +314,12 @@ class Elaborator:
             if len(ann.args) != 1 or ann.kwargs:
                 raise ArchError(f"@{ann.name} takes one value, e.g. @{ann.name}("
                                 f"{'bf16' if ann.name == 'precision' else 'channels_last'})", ann.span)
-            value = self.eval(ann.args[0], frame, replace(ctx, binding=self._qual(ctx, ann.name)))
             allowed = PRECISIONS if ann.name == "precision" else LAYOUTS
+            arg = ann.args[0]
+            if isinstance(arg, A.Name) and not frame.lookup(arg.id)[0] and arg.id not in allowed:
+                raise ArchError(f"@{ann.name}({arg.id}): not a known {ann.name}", arg.span,
+                                hint=did_you_mean(arg.id, allowed) or f"one of {', '.join(allowed)}")
+            value = self.eval(arg, frame, replace(ctx, binding=self._qual(ctx, ann.name)))
             if value not in allowed:
                 raise ArchError(f"@{ann.name}({show(value)}): not a known {ann.name}", ann.span,
                                 hint=did_you_mean(str(value), allowed) or f"one of {', '.join(allowed)}")
@@ -447,7 +458,10 @@ def build(program: A.Program, model: str | None = None, resolver: Resolver | Non
     from archdsl.ir.verify import verify
 
     resolver = resolver if resolver is not None else DefaultResolver(overrides)
-    G = Elaborator(program, resolver).build(program.model(model))
+    try:
+        G = Elaborator(program, resolver).build(program.model(model))
+    except RecursionError:
+        raise ArchError("the model nests too deeply to elaborate", hint="flatten very deep expressions or groups") from None
     G.graph["space"] = {name: dim.describe() for name, dim in resolver.dims.items()}
     G.graph["choices"] = dict(resolver.values)
     verify(G)

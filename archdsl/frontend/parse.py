@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -16,7 +17,7 @@ _WORDS = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "'('", "RPAR": "')'",
     "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "COLON": "':'",
     "EQUAL": "'='", "_THEN": "'>>'", "SEMICOLON": "';'", "DOLLAR": "'$'", "AT": "'@'", "MINUS": "'-'",
-    "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/', '//' or '%'", "__ANON_0": "'..'",
+    "COMP_OP": "a comparison", "PLUS": "'+'", "_POW": "'**'", "MUL_OP": "'*', '/', '//' or '%'", "__ANON_0": "'..'",
     "$END": "the end of the file",
 }
 
@@ -40,7 +41,8 @@ def _number(text: str):
     value = float(body) if any(c in body for c in ".eE") else int(body)
     if scale:
         value = value * scale
-        value = int(value) if value == int(value) else value
+        if isinstance(value, float) and value.is_integer():  # 1.5k = 1500; inf stays a float (not int(inf))
+            value = int(value)
     return value
 
 
@@ -183,7 +185,10 @@ class _ToAst(Transformer):
         return A.Index(self._s(meta), c[0], c[1])
 
     def number(self, meta, c):
-        return A.Const(self._s(meta), _number(str(c[0])), str(c[0]))
+        value = _number(str(c[0]))
+        if isinstance(value, float) and math.isinf(value):
+            raise ArchError(f"number {c[0]} is too large", self._s(meta))
+        return A.Const(self._s(meta), value, str(c[0]))
 
     def string(self, meta, c):
         return A.Const(self._s(meta), str(c[0])[1:-1], str(c[0]))
@@ -255,6 +260,8 @@ def parse_text(text: str, file: str = "<text>") -> list:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
         raise
+    except RecursionError:
+        raise ArchError("the text is nested too deeply", Span(file, 1, 1)) from None
 
 
 def parse_expr(text: str, file: str = "<--set>"):
@@ -269,13 +276,16 @@ def parse_expr(text: str, file: str = "<--set>"):
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
         raise
+    except RecursionError:
+        raise ArchError("the text is nested too deeply", Span(file, 1, 1)) from None
 
 
 def parse(source, file: str | None = None) -> A.Program:
     """Parse a path or .arch text (with its imports) into a Program."""
     text, file = _read(source, file)
     program = A.Program(file=file, source=text)
-    _load(program, text, file, stack=())
+    root = () if file.startswith("<") else (str(Path(file).resolve()),)  # so `a -> b -> a` is a cycle at once
+    _load(program, text, file, stack=root, imported=False)
     return program
 
 
@@ -291,7 +301,7 @@ def _read(source, file):
     return str(source), file or "<text>"
 
 
-def _load(program: A.Program, text: str, file: str, stack: tuple) -> None:
+def _load(program: A.Program, text: str, file: str, stack: tuple, imported: bool) -> None:
     for item in parse_text(text, file):
         if isinstance(item, tuple):  # import
             _, rel, span = item
@@ -307,13 +317,13 @@ def _load(program: A.Program, text: str, file: str, stack: tuple) -> None:
                 raise ArchError(f"cannot import '{rel}': {e.strerror}", span,
                                 hint="imports are relative to the importing file") from None
             program.imports.append(key)
-            _load(program, sub, str(path), stack + (key,))
+            _load(program, sub, str(path), stack + (key,), imported=True)
         elif isinstance(item, A.Definition):
             table = program.blocks if item.kind == "block" else program.models
             if item.name in program.blocks or item.name in program.models:
                 raise ArchError(f"'{item.name}' is defined twice", item.span, hint="rename one of them")
-            if item.kind == "model" and stack:
+            if item.kind == "model" and imported:
                 continue  # an import brings in blocks; its models stay its own
             table[item.name] = item
-        elif isinstance(item, A.Search) and not stack:
+        elif isinstance(item, A.Search) and not imported:
             program.searches.append(item)

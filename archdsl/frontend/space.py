@@ -6,7 +6,6 @@ trial into the same interface.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from archdsl.errors import ArchError, Span, did_you_mean
@@ -144,5 +143,5 @@ def make_dim(func: str, name: str, args: list, kwargs: dict, labels: list[str], 
         dim = Dim(name, "float", low=float(low), high=float(high), log=bool(log), span=span)
     default = kwargs.get("default")
     if default is None:
-        default = dim.low if dim.kind == "int" else (math.sqrt(dim.low * dim.high) if dim.log else dim.low)
+        default = dim.low  # the first value of the range, as for choice()
     return Dim(**{**dim.__dict__, "default": check_value(dim, default)})

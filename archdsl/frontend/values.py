@@ -63,6 +63,7 @@ def show(v) -> str:
     return repr(v)
 
 
+MAX_LIST = 1_000_000  # `[0] * n` must fail with a message, not exhaust memory
 CONSTANTS = {p: p for p in PRECISIONS} | {layout: layout for layout in LAYOUTS}
 
 _BINOPS = {
@@ -82,18 +83,24 @@ def binop(op: str, a, b, span: Span):
     if op == "+" and isinstance(a, list) and isinstance(b, list):
         return a + b
     if op == "*" and isinstance(a, list) and isinstance(b, int) and not isinstance(b, bool):
+        if len(a) * b > MAX_LIST:
+            raise ArchError(f"a list of {len(a) * b} items is too long (at most {MAX_LIST})", span)
         return a * b
     if op in ("==", "!="):
         return _BINOPS[op](a, b)
     if not (_num(a) and _num(b)):
         raise ArchError(f"cannot apply '{op}' to {show(a)} and {show(b)}", span,
                         hint="arithmetic works on numbers; '+' also joins lists and strings")
+    if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b * math.log2(abs(a)) > 64:
+        raise ArchError(f"number too large in {show(a)} ** {show(b)}", span)  # before computing it
     try:
         out = _BINOPS[op](a, b)
     except ZeroDivisionError:
         raise ArchError(f"division by zero in {show(a)} {op} {show(b)}", span) from None
     except OverflowError:
         raise ArchError(f"number too large in {show(a)} {op} {show(b)}", span) from None
+    if isinstance(out, complex):
+        raise ArchError(f"{show(a)} {op} {show(b)} is not a real number", span)
     if isinstance(out, float) and (math.isinf(out) or math.isnan(out)):
         raise ArchError(f"{show(a)} {op} {show(b)} is not a finite number", span)
     if isinstance(out, int) and abs(out) > 10**18:

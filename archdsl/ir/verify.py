@@ -33,10 +33,10 @@ def verify(G: nx.DiGraph, recheck_shapes: bool = True) -> None:
             fail(node, f"unknown precision {d['precision']!r}")
         if d["layout"] not in LAYOUTS:
             fail(node, f"unknown layout {d['layout']!r}")
-        args = inputs(G, node)
         slots = sorted(i for _, _, e in G.in_edges(node, data=True) for i in e["args"])
         if slots != list(range(len(slots))):
             fail(node, f"argument positions {slots} are not 0..{len(slots) - 1}")
+        args = inputs(G, node)  # only after the check: inputs() needs contiguous positions
         if d["op"] == "input":
             if args:
                 fail(node, "an input node takes no arguments")
