@@ -474,4 +474,9 @@ def eval_override(program: A.Program, text: str, name: str = "value"):
     from archdsl.frontend.parse import parse_expr
 
     expr = parse_expr(text, file=f"<--set {name}>")
-    return Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=CONSTANTS), Ctx(refs={}))
+    try:
+        return Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=CONSTANTS), Ctx(refs={}))
+    except ArchError:
+        # `--set mixer='dcls(large_k, count = k)'` names a choice option by its source text, whose
+        # variables only exist inside the model: the resolver matches the text against the labels.
+        return " ".join(text.split())

@@ -44,6 +44,7 @@ class Resolver:
     def __init__(self):
         self.dims: dict[str, Dim] = {}
         self.values: dict[str, object] = {}
+        self.chosen: dict[str, int] = {}  # choice name -> index of the option taken
 
     def resolve(self, dim: Dim):
         known = self.dims.get(dim.name)
@@ -52,10 +53,15 @@ class Resolver:
                 raise ArchError(f"search dimension '{dim.name}' is declared twice with different ranges: "
                                 f"{known.describe()} at {known.span} and {dim.describe()}", dim.span,
                                 hint="give one of them another name= or make the ranges equal to share it")
+            if dim.kind == "choice":
+                # the same option, evaluated where this instance stands (`linear(dim)` with its own dim)
+                return dim.options[self.chosen[dim.name]]
             return self.values[dim.name]
         self.dims[dim.name] = dim
         value = self.pick(dim)
         self.values[dim.name] = value
+        if dim.kind == "choice":
+            self.chosen[dim.name] = _option_index(dim, value)
         return value
 
     def pick(self, dim: Dim):  # pragma: no cover - overridden
@@ -90,6 +96,13 @@ class DefaultResolver(Resolver):
             raise ArchError(f"--set {name}: no model parameter or search choice is called '{name}'",
                             hint=did_you_mean(name, known) or (f"known names: {', '.join(known)}" if known
                                                                else "this model has no parameters"))
+
+
+def _option_index(dim: Dim, value) -> int:
+    for i, opt in enumerate(dim.options):
+        if opt is value or opt == value:
+            return i
+    raise ArchError(f"internal: value {show(value)} is not an option of '{dim.name}'", dim.span)
 
 
 def check_value(dim: Dim, value):

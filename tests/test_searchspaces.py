@@ -1,0 +1,169 @@
+"""Every .arch file under searchspaces/ builds; the example search spaces build, compile and run at every
+option of every dimension; the reference models have their published parameter counts and MACs."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.frontend.space import DefaultResolver
+from archdsl.ir.graph import totals
+
+ROOT = Path(__file__).resolve().parents[1] / "searchspaces"
+ARCH_FILES = sorted(ROOT.rglob("*.arch"))
+# The example spaces: file -> (input shape without batch, overrides for the model parameters).
+SPACES = {
+    "seq1d_mixers.arch": ((1, 40), {}),
+    "image2d_mixers.arch": ((1, 8, 8), {}),
+}
+CIFAR = ((3, 32, 32), {"channels": 3, "size": 32, "patch": 4})  # image2d_mixers at CIFAR size
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _nparams(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_the_example_spaces_exist():
+    names = {p.name for p in ARCH_FILES}
+    assert set(SPACES) <= names
+    assert {"inceptionnext_t.arch", "replknet_31b.arch"} <= names
+
+
+# ---- every file parses and every model builds (small input, 10 classes) --------------------------------
+
+@pytest.mark.parametrize("path", ARCH_FILES, ids=_rel)
+def test_every_arch_file_builds(path):
+    program = archdsl.parse(path)
+    if not program.models:  # a library of blocks (metaformer.arch)
+        assert program.blocks, f"{_rel(path)} defines neither a model nor a block"
+        return
+    for name, model in program.models.items():
+        params = {p.name for p in model.params}
+        overrides = {k: v for k, v in (("size", 64), ("classes", 10)) if k in params}
+        G = archdsl.build(program, name, **overrides)
+        if "classes" in params:
+            assert G.nodes[G.graph["output"]]["shape"] == (10,)
+        assert totals(G)["params"] > 0
+
+
+# ---- the example spaces: every option of every dimension builds, compiles and runs ----------------------
+
+def _dims(program, overrides):
+    resolver = DefaultResolver(overrides)
+    G = archdsl.build(program, resolver=resolver)
+    assert set(G.graph["space"]) == set(resolver.dims)
+    return resolver.dims
+
+
+def _options(dim):
+    """Every value a dimension can take, as overrides (choice labels; every integer of an int range)."""
+    if dim.kind == "choice":
+        return list(dim.labels)
+    if dim.kind == "int":
+        return list(range(int(dim.low), int(dim.high) + 1, int(dim.step or 1)))
+    return sorted({dim.low, dim.default, dim.high})
+
+
+def _space_points(file, shape, overrides):
+    program = archdsl.parse(ROOT / file)
+    dims = _dims(program, overrides)
+    assert dims, f"{file} has no search dimensions"
+    for name, dim in dims.items():
+        for value in _options(dim):
+            yield pytest.param(file, shape, {**overrides, name: value}, id=f"{file[:-5]}:{name}={value}")
+
+
+POINTS = [p for file, (shape, ov) in SPACES.items() for p in _space_points(file, shape, ov)]
+
+
+def _run(program, shape, overrides, classes=10, train=True):
+    G = archdsl.build(program, **overrides)
+    assert G.graph["choices"], "the space resolved no choices"
+    assert G.nodes[G.graph["output"]]["shape"] == (classes,)
+    module = archdsl.compile(G)
+    assert _nparams(module) == totals(G)["params"]
+    x = torch.randn(2, *shape)
+    if train:  # one training step's forward and backward, as a search would run it
+        module.train()
+        y = module(x)
+        assert y.shape == (2, classes)
+        y.square().mean().backward()
+    module.eval()
+    with torch.inference_mode():
+        y = module(x)
+    assert y.shape == (2, classes) and torch.isfinite(y).all()
+    return G
+
+
+@pytest.mark.parametrize("file, shape, overrides", POINTS)
+def test_every_option_builds_compiles_and_runs(file, shape, overrides):
+    _run(archdsl.parse(ROOT / file), shape, overrides)
+
+
+@pytest.mark.parametrize("file", sorted(SPACES))
+def test_random_points_of_the_space(file):
+    """Options combine: a few random full points (every dimension at once) build and run too."""
+    shape, base = SPACES[file]
+    program = archdsl.parse(ROOT / file)
+    dims = _dims(program, base)
+    rng = random.Random(0)
+    for _ in range(6):
+        point = {name: rng.choice(_options(dim)) for name, dim in dims.items()}
+        _run(program, shape, {**base, **point}, train=False)
+
+
+def test_image_space_at_cifar_size():
+    shape, overrides = CIFAR
+    program = archdsl.parse(ROOT / "image2d_mixers.arch")
+    dims = _dims(program, overrides)
+    for mixer in ("mixer1", "mixer2"):
+        for label in dims[mixer].labels:
+            _run(program, shape, {**overrides, mixer: label}, train=False)
+
+
+@pytest.mark.parametrize("file", sorted(SPACES))
+def test_spaces_stay_small(file):
+    """The largest widths, depths, MLP ratio and kernels, with any pair of mixers, stay under 100k parameters."""
+    shape, base = SPACES[file]
+    program = archdsl.parse(ROOT / file)
+    dims = _dims(program, base)
+    biggest = {name: (dim.high if dim.kind == "int" else max(dim.options))
+               for name, dim in dims.items() if name.startswith(("width", "depth", "mlp_ratio", "k", "large_k"))}
+    counts = [totals(archdsl.build(program, **base, **biggest, mixer1=m1, mixer2=m2))["params"]
+              for m1 in dims["mixer1"].labels for m2 in dims["mixer2"].labels]
+    assert max(counts) < 100_000
+
+
+# ---- reference models: exact parameter counts, MACs, a forward pass ------------------------------------
+
+def test_inceptionnext_t_matches_timm():
+    program = archdsl.parse(ROOT / "models" / "inceptionnext_t.arch")
+    G = archdsl.build(program)
+    t = totals(G)
+    assert t["params"] == 28_055_680  # timm inception_next_tiny
+    assert abs(t["macs"] / 4.19e9 - 1) < 0.02
+    module = archdsl.compile(G).eval()
+    assert _nparams(module) == 28_055_680
+    with torch.inference_mode():
+        y = module(torch.randn(1, 3, 224, 224))
+    assert y.shape == (1, 1000) and torch.isfinite(y).all()
+
+
+def test_replknet_31b_matches_the_official_code():
+    program = archdsl.parse(ROOT / "models" / "replknet_31b.arch")
+    t = totals(archdsl.build(program))
+    assert t["params"] == 79_864_168  # official create_RepLKNet31B, before re-parameterisation
+    assert abs(t["macs"] / 15.3e9 - 1) < 0.02
+    G = archdsl.build(program, size=64, classes=10)  # the forward pass at 224 is slow on a CPU
+    module = archdsl.compile(G).eval()
+    assert _nparams(module) == totals(G)["params"] == 79_864_168 - (1000 - 10) * (1024 + 1)  # a 10-class head
+    with torch.inference_mode():
+        y = module(torch.randn(1, 3, 64, 64))
+    assert y.shape == (1, 10) and torch.isfinite(y).all()
