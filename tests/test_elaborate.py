@@ -575,3 +575,13 @@ model m() { input x[8, 4, 4]\n mf(8, poolmix(3))\n mf(8, mhsa(heads = 2), res_sc
     assert sum(v for n, v in p.items() if n.startswith("mf_1.")) == 8 + 8 + 264 + 8 + 8 + 128 + 2 + 128
     assert G.nodes["mf_1.meta_branch.add"]["op"] == "add"
     assert inputs(G, "mf_1.meta_branch.add")[0] == "mf_1.meta_branch.resscale"
+
+
+def test_named_choice_shared_by_block_instances_takes_the_same_option_in_each():
+    # one dimension "op", but each instance evaluates the chosen option with its own `dim`
+    src = """block b(dim) { choice(linear(dim), conv(dim, k = 3), name = "op") }
+model m() { input x[4, 8]; b(8); b(16) }"""
+    G = build(src)
+    assert [(n, G.nodes[n]["attrs"]["out"]) for n, _ in ops(G)] == [("b.linear", 8), ("b_1.linear", 16)]
+    G = build(src, op="conv(dim, k = 3)")
+    assert [(o, G.nodes[n]["attrs"]["out"]) for n, o in ops(G)] == [("conv", 8), ("conv", 16)]
