@@ -26,7 +26,11 @@ def build(program: A.Program | str | Path, model: str | None = None, resolver=No
 
 
 def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, **overrides):
-    """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy."""
+    """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy.
+
+    ``mode="deploy"`` returns the inference module: the train module's fresh weights through the deploy passes
+    (BN folded, branches re-parameterized, ops fused). For trained weights call ``module.deploy()`` instead.
+    """
     from archdsl.errors import ArchError
 
     if mode not in ("train", "deploy"):
@@ -36,4 +40,5 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     G = source if isinstance(source, nx.DiGraph) else build(source, model, **overrides)
     from codegen.torch_fx import to_graph_module
 
-    return to_graph_module(G)
+    module = to_graph_module(G)
+    return module.deploy() if mode == "deploy" else module

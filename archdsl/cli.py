@@ -44,7 +44,11 @@ def cmd_check(args) -> int:
     if args.samples:
         return _check_samples(args)
     _, G = _load(args)
-    info = summary(G) | {"ir_hash": ir_hash(G), "blocks": block_table(G, args.depth)}
+    G, results = _deploy_graph(args, G)
+    info = summary(G) | {"ir_hash": ir_hash(G), "blocks": block_table(G, args.depth), "mode": args.mode}
+    if results is not None:
+        info["passes"] = [{"pass": r.name, "changed": len(r.changed),
+                           "declined": [{"node": n, "reason": why} for n, why in r.declined]} for r in results]
     if G.graph.get("space"):
         info["space"] = G.graph["space"]
         info["choices"] = {k: _plain(v) for k, v in G.graph["choices"].items()}
@@ -55,7 +59,60 @@ def cmd_check(args) -> int:
         print(dump(G, spans=args.spans), end="")
         return 0
     _print_table(info, args.file)
+    for r in results or ():
+        print(r.summary())
     return 0
+
+
+def _deploy_mode(args) -> bool:
+    flags = [f for f, on in (("--passes", args.passes), ("--disable-pass", args.disable_pass),
+                             ("--dump-ir", args.dump_ir)) if on]
+    if args.mode != "deploy" and flags:
+        raise ArchError(f"{', '.join(flags)}: deploy-graph options, but the mode is train", hint="add --mode deploy")
+    return args.mode == "deploy"
+
+
+def _deploy_graph(args, G):
+    """(graph, pass results): the IR as `--mode` asks; in deploy mode, after the passes (structure only)."""
+    if not _deploy_mode(args):
+        return G, None
+    from archdsl.passes import run_pipeline
+
+    G, _, results = run_pipeline(G, None, select=_names(args.passes), disable=_names(args.disable_pass) or (),
+                                 dump_dir=args.dump_ir)
+    return G, results
+
+
+def _names(values) -> list[str] | None:
+    """Pass names from comma-separated and/or repeated flags."""
+    if not values:
+        return None
+    values = values if isinstance(values, list) else [values]
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+class _ListPasses(argparse.Action):
+    """--list-passes: print the deploy pipeline and exit (no file needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from archdsl.passes import describe
+
+        for i, (name, doc) in enumerate(describe(), 1):
+            print(f"{i:02d} {name:22s} {doc}")
+        parser.exit()
+
+
+def _deploy_flags(c) -> None:
+    c.add_argument("--mode", choices=["train", "deploy"], default="train",
+                   help="train graph, or the deploy graph after the optimization passes")
+    c.add_argument("--passes", metavar="A,B", help="with --mode deploy: run only these passes (in pipeline order)")
+    c.add_argument("--disable-pass", action="append", default=[], metavar="NAME",
+                   help="with --mode deploy: skip this pass (repeatable, or comma-separated)")
+    c.add_argument("--dump-ir", metavar="DIR", help="with --mode deploy: write DIR/NN_pass.ir after each pass")
+    c.add_argument("--list-passes", action=_ListPasses, help="list the deploy passes in order and exit")
 
 
 def _check_samples(args) -> int:
@@ -157,12 +214,20 @@ def cmd_compile(args) -> int:
     from codegen.python_source import emit
 
     _, G = _load(args)
+    module = None
+    if args.weights:
+        module = archdsl.compile(G)
+        if _deploy_mode(args):
+            module = module.deploy(select=_names(args.passes), disable=_names(args.disable_pass) or (),
+                                   dump_dir=args.dump_ir)
+            G = module.archdsl_ir
+    else:
+        G, _ = _deploy_graph(args, G)
     source = emit(G)
     out = Path(args.output)
     out.write_text(source)
     msg = f"wrote {out} ({len(source.splitlines())} lines)"
     if args.weights:
-        module = archdsl.compile(G)
         torch.save(module.state_dict(), args.weights)
         msg += f" and {args.weights}"
     print(msg)
@@ -303,12 +368,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--depth", type=int, default=1, help="group the table by this many name levels")
     c.add_argument("--samples", type=int, default=0, help="build N random points of the search space instead")
     c.add_argument("--seed", type=int, default=0, help="with --samples: the random seed")
+    _deploy_flags(c)
     c.set_defaults(fn=cmd_check)
 
     c = sub.add_parser("compile", help="emit a self-contained PyTorch module")
     common(c)
     c.add_argument("-o", "--output", required=True, help="the .py file to write")
     c.add_argument("--weights", help="also save the freshly initialised state dict here (.pt)")
+    _deploy_flags(c)
     c.set_defaults(fn=cmd_compile)
 
     c = sub.add_parser("show", help="draw the graph (svg/png with graphviz, else dot text)")

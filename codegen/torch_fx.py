@@ -50,6 +50,21 @@ def tie_shared(G: nx.DiGraph, mods: dict) -> None:
             setattr(mod, pname, getattr(first[key], pname))
 
 
+def _hierarchy(mods: dict[str, nn.Module]) -> nn.Module:
+    """A root module holding `mods` at their dotted names, containers created in forward order (so
+    `print(model)` and `state_dict()` read in the order the network runs)."""
+    root = nn.Module()
+    for name, mod in mods.items():
+        parent = root
+        *path, leaf = name.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, mod)
+    return root
+
+
 def build_graph(G: nx.DiGraph) -> fx.Graph:
     graph = fx.Graph()
     env: dict[str, fx.Node] = {}
@@ -74,8 +89,20 @@ def build_graph(G: nx.DiGraph) -> fx.Graph:
     return graph
 
 
+class ArchGraphModule(fx.GraphModule):
+    """A compiled .arch model: a GraphModule that knows its IR (``archdsl_ir``) and can become its deploy form."""
+
+    def deploy(self, select=None, disable=(), dump_dir=None, log=None) -> fx.GraphModule:
+        """The inference module with this module's current (trained) weights converted: the deploy passes
+        (archdsl/passes/pipeline.py: BN folding, re-parameterization, fusion) run on its IR and state_dict.
+        `select` / `disable` name passes; `dump_dir` gets the IR after each pass; `log` gets one line per pass."""
+        from archdsl.passes.deploy import deploy_module
+
+        return deploy_module(self, select=select, disable=disable, dump_dir=dump_dir, log=log)
+
+
 def to_graph_module(G: nx.DiGraph) -> fx.GraphModule:
     mods = build_modules(G)
-    gm = fx.GraphModule(mods, build_graph(G), class_name=G.graph.get("name") or "Model")
+    gm = ArchGraphModule(_hierarchy(mods), build_graph(G), class_name=G.graph.get("name") or "Model")
     gm.archdsl_ir = G  # the IR it came from: emit, deploy and reports read it
     return gm

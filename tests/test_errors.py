@@ -457,3 +457,9 @@ def test_reference_models_themselves_build_at_a_small_size():
         params = {p.name for p in program.model().params}
         overrides = {k: v for k, v in {"size": 32, "classes": 10}.items() if k in params}
         archdsl.build(program, **overrides)
+
+
+def test_op_that_cannot_run_at_a_precision_names_op_and_line():
+    e = err("@precision(int8)\nmodel m() {\n  input x[4, 16]\n  conv(4, k = 3) >> globalfilter\n}")
+    at(e, 4, 21)
+    assert e.message == "globalfilter cannot run at int8" and "@precision(fp32)" in e.hint

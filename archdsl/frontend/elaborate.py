@@ -250,6 +250,10 @@ class Elaborator:
         shapes = [t.shape for t in ins]
         if spec.arity > 0 and len(ins) != spec.arity:
             raise ArchError(f"{spec.name}() takes {spec.arity} input tensor(s), got {len(ins)}", span)
+        if ctx.precision not in spec.precisions:
+            raise ArchError(f"{spec.name} cannot run at {ctx.precision}", value.span or span,
+                            hint=f"{spec.name} runs at {', '.join(spec.precisions)}; annotate it with "
+                                 f"@precision({spec.precisions[0]})")
         try:
             attrs = spec.bind(args, value.kwargs, shapes)
             shape = tuple(spec.shape(attrs, shapes))

@@ -68,6 +68,10 @@ def ref_se(m, x, act):
     return x * gate.reshape(*gate.shape, *([1] * (x.dim() - 2)))
 
 
+# FFTs run in floating point only: there is no int8 or fp8 FFT to lower to.
+FFT_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 op("se", Attr("rd_ratio", "float", 0.25, check=positive, doc="reduced channels = max(1, int(C * rd_ratio))"),
    Attr("rd", "int", None, check=positive, doc="reduced channels (overrides rd_ratio)"),
    Attr("act", "str", "relu", choices=_ACTS),
@@ -626,7 +630,7 @@ def _aff_reference(m, x):
 op("aff", Attr("blocks", "int", 8, check=positive, doc="channel blocks of the block-diagonal frequency MLP"),
    Attr("hidden_factor", "int", 1, check=positive), Attr("sparsity", "float", 0.01, check=non_negative),
    Attr("act", "str", "relu", choices=_ACTS),
-   shape=_aff_shape, params=_aff_params, macs=_aff_macs, flop_counter_exact=False,
+   shape=_aff_shape, params=_aff_params, macs=_aff_macs, flop_counter_exact=False, precisions=FFT_PRECISIONS,
    torch=lambda a, ins: (AFF, dict(dim=ins[0][0], num_blocks=a.blocks, hidden_size_factor=a.hidden_factor,
                                    sparsity_threshold=a.sparsity, act=a.act)),
    reference=_aff_reference, spatial_dims=(1, 2, 3), category="mixer",
@@ -677,7 +681,7 @@ op("globalfilter",
    shape=same_shape("globalfilter"),
    params=lambda a, ins: 2 * ins[0][0] * _bins(ins),
    # one complex product (4 real multiply-adds) per channel and frequency bin; the FFTs are not counted
-   macs=lambda a, ins, out: 4 * ins[0][0] * _bins(ins), flop_counter_exact=False,
+   macs=lambda a, ins, out: 4 * ins[0][0] * _bins(ins), flop_counter_exact=False, precisions=FFT_PRECISIONS,
    torch=lambda a, ins: (GlobalFilter, dict(dim=ins[0][0], size=tuple(ins[0][1:]))),
    reference=_globalfilter_reference, spatial_dims=(1, 2, 3), category="mixer",
    doc="GFNet global filter: irFFT(rFFT(x) * W), W a learnable complex (C, H, W//2+1) weight; needs a fixed "
@@ -778,7 +782,7 @@ op("sgconv", Attr("kernel_dim", "int", 64, check=positive, doc="taps per sub-ker
    shape=_sgconv_shape,
    params=lambda a, ins: _sg_scales(a, ins) * ins[0][0] * a.kernel_dim + ins[0][0],
    # the spectral product of the 2L-point FFT convolution: 4 real MACs per channel and bin (L + 1 bins)
-   macs=lambda a, ins, out: 4 * ins[0][0] * (numel(ins[0][1:]) + 1), flop_counter_exact=False,
+   macs=lambda a, ins, out: 4 * ins[0][0] * (numel(ins[0][1:]) + 1), flop_counter_exact=False, precisions=FFT_PRECISIONS,
    torch=lambda a, ins: (SGConv, dict(dim=ins[0][0], kernel_dim=a.kernel_dim, num_scales=_sg_scales(a, ins),
                                       alpha=a.alpha)),
    reference=_sgconv_reference, spatial_dims=(1, 2), category="mixer",

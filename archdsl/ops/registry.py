@@ -63,6 +63,8 @@ class OpSpec:
     # MACs are cross-checked against torch's FlopCounterMode (which counts conv/linear/matmul) unless the
     # op does work that counter cannot see (an FFT, an explicit gather) - then say so here.
     flop_counter_exact: bool = True
+    # Precisions the op can run at (there is no integer FFT, for instance); elaboration rejects the rest.
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
     # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
