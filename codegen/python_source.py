@@ -88,7 +88,15 @@ def emit(G: nx.DiGraph) -> str:
             if prefix not in containers:
                 containers.append(prefix)
         args = ", ".join(f"{k}={literal(v)}" for k, v in kwargs.items())
-        built.append(f"self.{target} = {_class_ref(cls)}({args})")
+        ctor = f"{_class_ref(cls)}({args})"
+        precision = G.nodes[target]["precision"]
+        if precision != "fp32":  # as codegen.torch_fx.with_precision builds it
+            from archdsl.quant import Precision
+
+            if Precision not in classes:
+                classes.append(Precision)
+            ctor = f"Precision({ctor}, {literal(precision)})"
+        built.append(f"self.{target} = {ctor}")
     init = [f"self.{c} = nn.Module()" for c in containers] + built
     init += _share_lines(G)
     forward = gm_graph.python_code(root_module="self").src

@@ -30,9 +30,19 @@ def build_modules(G: nx.DiGraph) -> dict[str, nn.Module]:
         if d["op"] in ("input", "output") or get_op(d["op"]).function is not None:
             continue
         cls, kwargs = module_for(G, node)
-        mods[node] = cls(**kwargs)
+        mods[node] = with_precision(cls(**kwargs), d["precision"])
     tie_shared(G, mods)
     return mods
+
+
+def with_precision(mod: nn.Module, precision: str) -> nn.Module:
+    """fp32 modules stay as they are; others run inside archdsl.quant.Precision (int8 QAT, fp8 rounding,
+    bf16/fp16 autocast), their parameters one level down (`node.op.weight`)."""
+    if precision == "fp32":
+        return mod
+    from archdsl.quant import Precision
+
+    return Precision(mod, precision)
 
 
 def tie_shared(G: nx.DiGraph, mods: dict) -> None:

@@ -18,6 +18,13 @@ def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
     """
     from codegen.torch_fx import to_graph_module
 
+    lowered = sorted({d["precision"] for _, d in module.archdsl_ir.nodes(data=True)} - {"fp32"})
+    if lowered:
+        from archdsl.errors import ArchError
+
+        raise ArchError(f"deploying {', '.join(lowered)} regions is not supported yet: train-mode modules simulate "
+                        f"them (QAT, fp8 rounding, autocast) but the deploy passes convert fp32 graphs only",
+                        hint="compile in train mode, or deploy an fp32 copy of the model")
     weights = split_state(module.archdsl_ir, module.state_dict())
     G, weights, results = run_pipeline(module.archdsl_ir, weights, select, disable, dump_dir, log)
     out = to_graph_module(G)

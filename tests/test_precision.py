@@ -1,0 +1,76 @@
+"""Precision as a model property: annotations reach the compiled module, int8 QAT trains, emission keeps it."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.errors import ArchError
+from archdsl.search.data import load
+from archdsl.search.train import evaluate, train
+from codegen.python_source import emit
+
+SPACE = """
+model m(p = choice(fp32, int8, bf16, fp16, fp8_e4m3, fp8_e5m2)) {
+  input x[3, 12, 12]
+  @precision(p) { conv(8, k = 3) >> bn >> relu >> conv(8, k = 3) }
+  gap >> linear(10)
+}
+"""
+
+
+@pytest.mark.parametrize("p", ["int8", "bf16", "fp8_e4m3"])
+def test_lowered_regions_train_and_emit(p, tmp_path):
+    G = archdsl.build(archdsl.parse(SPACE), p=p)
+    assert {G.nodes[n]["precision"] for n in ("conv", "bn", "relu", "conv_1")} == {p}
+    assert G.nodes["linear"]["precision"] == "fp32"
+    torch.manual_seed(0)
+    m = archdsl.compile(G).train()
+    x = torch.randn(4, 3, 12, 12)
+    m(x).square().sum().backward()
+    assert m.conv.op.weight.grad.abs().sum() > 0  # fp32 master weights learn through the simulation
+    m.eval()
+    y = m(x)
+    fp32 = archdsl.compile(archdsl.build(archdsl.parse(SPACE), p="fp32"))
+    fp32.load_state_dict({k.replace(".op.", "."): v for k, v in m.state_dict().items() if ".act." not in k})
+    assert not torch.equal(y, fp32.eval()(x))  # the precision changes the numbers...
+    assert (y - fp32(x)).abs().max() < 0.1 * fp32(x).abs().max()  # ...but not the function
+    (tmp_path / "m.py").write_text(emit(G))
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    torch.save((x, y), tmp_path / "xy.pt")
+    code = ("import torch, importlib.util as u\n"
+            "s = u.spec_from_file_location('m', 'm.py'); mod = u.module_from_spec(s); s.loader.exec_module(mod)\n"
+            "M = mod.Model(); M.load_state_dict(torch.load('w.pt')); M.eval(); x, y = torch.load('xy.pt')\n"
+            "assert torch.allclose(M(x), y, atol=1e-6)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_deploying_lowered_precision_is_refused_clearly():
+    m = archdsl.compile(archdsl.build(archdsl.parse(SPACE), p="int8"))
+    with pytest.raises(ArchError, match="int8 regions is not supported yet"):
+        m.deploy()
+
+
+def test_size_bytes_follows_precision():
+    fp32 = archdsl.build(archdsl.parse(SPACE), p="fp32")
+    int8 = archdsl.build(archdsl.parse(SPACE), p="int8")
+    from archdsl.ir.cost import size_bytes
+
+    lowered = sum(int8.nodes[n]["params"] for n in ("conv", "bn", "conv_1"))
+    assert size_bytes(fp32) - size_bytes(int8) == 3 * lowered
+
+
+CNN = open("searchspaces/models/mnist1d_cnn.arch").read()
+
+
+def test_int8_qat_of_the_mnist1d_cnn_is_within_one_point_of_fp32():
+    data = load("mnist1d")
+    accs = {}
+    for name, src in (("fp32", CNN), ("int8", CNN.replace("model mnist1d_cnn", "@precision(int8)\nmodel mnist1d_cnn"))):
+        torch.manual_seed(0)
+        m = archdsl.compile(archdsl.parse(src))
+        train(m, data, epochs=12, seed=0)
+        accs[name] = evaluate(m, data.x_test, data.y_test)
+    assert accs["fp32"] > 0.75  # it learned
+    assert abs(accs["int8"] - accs["fp32"]) <= 0.01, accs
