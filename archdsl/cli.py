@@ -176,9 +176,9 @@ class _Pinned:
 
 
 def _plain(v):
-    from archdsl.frontend.values import OpValue, show
+    from archdsl.frontend.values import Closure, OpValue, show
 
-    return show(v) if isinstance(v, OpValue) else v
+    return show(v) if isinstance(v, (OpValue, Closure)) else v
 
 
 def _human(n: int) -> str:
@@ -327,7 +327,7 @@ def cmd_report(args) -> int:
     if not args.no_test:
         from archdsl.search.data import load
 
-        data = load(study.user_attrs.get("dataset", "mnist1d"))
+        data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())))
     summary = write_report(study, Path(args.out), data)
     _print_front(summary, Path(args.out))
     return 0
@@ -400,7 +400,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
     c.add_argument("--study", help="study name (default: the search section's name)")
     c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=None, help="sampler seed (default: the file's `seed =`, else 0)")
     c.add_argument("--out", default="runs/search", help="output folder: pareto.json, plots, .arch and modules")
     c.add_argument("--objective", action="append", default=[], metavar="ITEM",
                    help="replace the objectives, e.g. --objective 'maximize accuracy(epochs = 5)' (repeatable)")

@@ -25,7 +25,8 @@ def front(study) -> list:
             return []
         sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
         return [max(done, key=lambda t: sign * t.value)]
-    return sorted(study.best_trials, key=lambda t: t.values[0])
+    # a duplicate (same IR hash, values copied) would list the same architecture twice
+    return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.values[0])
 
 
 def _losses(study, trials) -> np.ndarray:

@@ -32,31 +32,75 @@ def _offset(lines_start, line, col):
     return lines_start[line - 1] + col - 1
 
 
-def _substitute(text: str, file: str, picks: dict) -> str:
+def _substitute(text: str, file: str, picks: dict, by_name: dict | None = None,
+               params: tuple[str, dict] | None = None) -> str:
+    """`text` with every search construct replaced: a choice by the source text of the option taken (itself
+    substituted, so a choice nested in an option, `choice(conv(8, k = choice(3, 5)), relu)`, resolves too), a
+    range by its value; a construct never reached by its default. Keys of `picks` are (line, col) of the
+    construct; `by_name` gives the picks of dimensions named with `name = "..."` (one dimension met at several
+    places); `params` = (model name, {parameter: text}) replaces the defaults of model parameters set with
+    `--set` (plain parameters, not search constructs)."""
     from archdsl.frontend.parse import parse_text
 
-    calls = []
+    calls, defaults = [], []
     for item in parse_text(text, file):
         if not isinstance(item, tuple):
             _calls(item, calls)
+        if params and isinstance(item, A.Definition) and item.kind == "model" and item.name == params[0]:
+            defaults += [(p.default, params[1][p.name]) for p in item.params
+                         if p.name in params[1] and p.default is not None]
     starts, pos = [], 0
     for line in text.splitlines(keepends=True):
         starts.append(pos)
         pos += len(line)
     starts.append(pos)
-    edits = []
-    for call in calls:
-        key = (call.span.line, call.span.col)
-        if key in picks:
-            replacement = picks[key]
-        else:  # never reached in this architecture: its default stands in
-            replacement = _default_text(call)
-        a = _offset(starts, call.span.line, call.span.col)
-        b = _offset(starts, call.span.end_line, call.span.end_col)
-        edits.append((a, b, replacement))
-    for a, b, rep in sorted(edits, reverse=True):
-        text = text[:a] + rep + text[b:]
-    return text
+
+    def extent(node):
+        s = node.span
+        if s.end_line is None or s.end_col is None:
+            return None
+        return _offset(starts, s.line, s.col), _offset(starts, s.end_line, s.end_col)
+
+    # (start, end, 0 for a parameter default / 1 for a construct, what replaces it); outermost first
+    located = sorted([(*extent(node), 0, value) for node, value in defaults if extent(node) is not None]
+                     + [(*extent(c), 1, c) for c in calls if extent(c) is not None],
+                     key=lambda x: (x[0], -x[1], x[2]))
+
+    def rewrite(a: int, b: int) -> str:
+        """text[a:b] with the outermost constructs inside it replaced (each replacement handles its nested ones)."""
+        out, at = [], a
+        for ca, cb, kind, what in located:
+            if ca < at or cb > b:  # before `at` (nested in one already replaced) or outside [a, b)
+                continue
+            out.append(text[at:ca])
+            out.append(what if kind == 0 else replacement(what))
+            at = cb
+        out.append(text[at:b])
+        return "".join(out)
+
+    def source_of(node, fallback: str) -> str:
+        ext = extent(node) if isinstance(node, A.Node) else None
+        return rewrite(*ext) if ext is not None else fallback
+
+    def replacement(call) -> str:
+        pick = picks.get((call.span.line, call.span.col))
+        if pick is None and by_name:
+            name = call.kwargs.get("name")
+            if isinstance(name, A.Const) and isinstance(name.value, str):
+                pick = by_name.get(name.value)
+        if pick is not None:
+            value_text, index = pick
+            if call.func == "choice" and index is not None and index < len(call.args):
+                return source_of(call.args[index], value_text)
+            return value_text
+        # never reached in this architecture: its default stands in
+        if "default" in call.kwargs:
+            return source_of(call.kwargs["default"], _default_text(call))
+        if call.args:
+            return source_of(call.args[0], _default_text(call))
+        return _default_text(call)
+
+    return rewrite(0, len(text))
 
 
 def _default_text(call: A.Call) -> str:
@@ -72,18 +116,31 @@ def _default_text(call: A.Call) -> str:
 
 def resolved_source(program: A.Program, resolver, G=None) -> str:
     picks: dict[str, dict] = {}
+    by_name: dict[str, tuple] = {}
     for name, dim in resolver.dims.items():
         value = resolver.values[name]
+        index = None
         if dim.kind == "choice":
-            text = dim.labels[list(dim.options).index(value)] if value in dim.options else show(value)
+            options = list(dim.options)
+            index = next((i for i, o in enumerate(options) if o is value), None)
+            if index is None and value in options:
+                index = options.index(value)
+            text = dim.labels[index] if index is not None else show(value)
         else:
             text = show(value)
-        picks.setdefault(_key(dim.span.file), {}).setdefault((dim.span.line, dim.span.col), text)
+        by_name[name] = (text, index)
+        picks.setdefault(_key(dim.span.file), {}).setdefault((dim.span.line, dim.span.col), (text, index))
+    # model parameters that are no search construct but were set by name (`--set classes=10`)
+    overrides = getattr(resolver, "overrides", None) or {}
+    plain = {n: show(overrides[n]) for n in getattr(resolver, "used", ()) if n in overrides and n not in resolver.dims}
+    model = G.graph.get("name") if G is not None else None
+    params = (model or program.model(None).name, {n: t for n, t in plain.items() if t != "{...}"})
     parts = []
     for path in program.imports:
         text = Path(path).read_text()
-        parts.append(f"# --- from {Path(path).name}\n" + _strip_imports(_substitute(text, path, picks.get(_key(path), {}))))
-    main = _substitute(program.source, program.file, picks.get(_key(program.file), {}))
+        parts.append(f"# --- from {Path(path).name}\n"
+                     + _strip_imports(_substitute(text, path, picks.get(_key(path), {}), by_name, params)))
+    main = _substitute(program.source, program.file, picks.get(_key(program.file), {}), by_name, params)
     parts.append(_strip_imports(main))
     return "\n".join(parts)
 

@@ -12,18 +12,34 @@ class TrialResolver(Resolver):
         super().__init__()
         self.trial = trial
         self.fixed = dict(fixed or {})  # --set values: pinned, not searched
+        self.overrides = self.fixed  # the elaborator sets plain model parameters (`--set classes=10`) from these
+        self.used: set[str] = set()
+
+    def take(self, name: str):
+        """A plain model parameter's --set value (called by the elaborator)."""
+        self.used.add(name)
+        return self.fixed[name]
 
     def pick(self, dim: Dim):
         if dim.name in self.fixed:
             from archdsl.frontend.space import check_value
 
+            self.used.add(dim.name)
             return check_value(dim, self.fixed[dim.name])
         if dim.kind == "choice":
-            label = self.trial.suggest_categorical(dim.name, list(dim.labels))
-            return dim.options[list(dim.labels).index(label)]
+            categories = _categories(dim.labels)
+            label = self.trial.suggest_categorical(dim.name, categories)
+            return dim.options[categories.index(label)]
         if dim.kind == "int":
             return self.trial.suggest_int(dim.name, dim.low, dim.high, step=dim.step or 1)
         return self.trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log)
+
+
+def _categories(labels) -> list:
+    """Optuna categories for a choice: its labels, made unique where two options read the same (two block
+    literals are both labelled `{...}`): `{...} #2`. Otherwise the sampler could only ever pick the first."""
+    labels = list(labels)
+    return [label if labels.count(label) == 1 else f"{label} #{i + 1}" for i, label in enumerate(labels)]
 
 
 class RandomResolver(Resolver):

@@ -102,6 +102,12 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
         elif isinstance(s.dataset, A.Call):
             ds_name = s.dataset.func
             ds_args = tuple(_const(program, a) for a in s.dataset.args)
+            if ds_name in ("npz", "images") and ds_args and isinstance(ds_args[0], str) \
+                    and not program.file.startswith("<"):
+                # a data path is relative to the .arch file, like an import
+                from pathlib import Path
+
+                ds_args = (str((Path(program.file).parent / ds_args[0]).resolve()),) + ds_args[1:]
         else:
             raise ArchError("`over` takes a data set: mnist1d, digits, npz(\"file.npz\") or images(\"folder\")",
                             s.dataset.span)

@@ -3,6 +3,12 @@
 Storage: an SQLite file in the output folder by default (re-running the same command resumes the study);
 `--storage postgresql://...` for workers on several machines. A heartbeat marks a killed worker's trial
 failed and a retry callback re-queues its parameters, so nothing finished is lost and nothing is half-done.
+
+The heartbeat's timing comes from the environment: ARCHDSL_HEARTBEAT_GRACE (seconds without a heartbeat before
+a RUNNING trial counts as dead; default 20) and ARCHDSL_HEARTBEAT_INTERVAL (seconds between a live trial's
+heartbeats; default 5, or a quarter of a smaller grace period). A resumed run fails a killed worker's trial
+only once the grace period has passed since its last heartbeat; every worker sharing a storage should use
+the same values, with the interval well below the grace period.
 """
 from __future__ import annotations
 
@@ -23,7 +29,30 @@ from archdsl.search.trial import TrialRunner
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
+def heartbeat_timing() -> tuple[int, int]:
+    """(interval, grace period) in seconds, from ARCHDSL_HEARTBEAT_INTERVAL / ARCHDSL_HEARTBEAT_GRACE."""
+    def read(name: str, default: int) -> int:
+        text = os.environ.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ArchError(f"{name}={text!r} is not a whole number of seconds") from None
+        if value < 1:
+            raise ArchError(f"{name}={value}: give 1 second at least")
+        return value
+
+    grace = read("ARCHDSL_HEARTBEAT_GRACE", 20)
+    interval = read("ARCHDSL_HEARTBEAT_INTERVAL", min(5, max(1, grace // 4)))
+    if interval >= grace:
+        raise ArchError(f"ARCHDSL_HEARTBEAT_INTERVAL={interval} must be below ARCHDSL_HEARTBEAT_GRACE={grace}",
+                        hint="a live trial would otherwise be taken for a dead one")
+    return interval, grace
+
+
 def make_storage(url: str | None, out: Path):
+    interval, grace = heartbeat_timing()
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out / 'study.db').resolve()}"
@@ -34,10 +63,35 @@ def make_storage(url: str | None, out: Path):
         warnings.simplefilter("ignore")  # heartbeats are "experimental" in Optuna, and stable in use since v2.8
         retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
         if retry is not None:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5, grace_period=20,
-                                              heartbeat_stale_trial_callback=retry(max_retry=2))
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=5, grace_period=20,
-                                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2))
+            callbacks = {"heartbeat_stale_trial_callback": retry(max_retry=2)}
+        else:
+            callbacks = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
+        try:
+            return _rdb_storage(url, engine_kwargs=kwargs, heartbeat_interval=interval, grace_period=grace,
+                                **callbacks)
+        except ImportError as e:  # no driver for the URL's database (the URL may hold a password: not shown)
+            raise ArchError(f"no database driver for a {url.split(':', 1)[0]}:// storage ({e.__cause__ or e})",
+                            hint="for PostgreSQL: pip install psycopg2-binary and give postgresql+psycopg2://..., "
+                                 "or pip install 'psycopg[binary]' (SQLAlchemy 2.1 reads postgresql:// "
+                                 "with it)") from None
+
+
+def _rdb_storage(url: str, attempts: int = 6, **kwargs):
+    """RDBStorage(url, ...), tried again when workers that start together race to create the tables of an empty
+    database (PostgreSQL then refuses the second CREATE TYPE / CREATE TABLE: IntegrityError or
+    ProgrammingError); the retry finds the tables made and goes on."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+        except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login
+            raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {str(e.orig or e).strip()}",
+                            hint="check the --storage URL and that the database server is running") from None
 
 
 def make_sampler(name: str, n_objectives: int, seed: int | None, space_grid: dict | None = None):
@@ -65,7 +119,26 @@ def _grid(program, spec, fixed):
     archdsl.build(program, spec.settings.get("model"), resolver=r)
     if any(d.kind != "choice" for d in r.dims.values()):
         return None
-    return {name: list(d.labels) for name, d in r.dims.items() if name not in fixed}
+    from archdsl.search.space import _categories
+
+    return {name: _categories(d.labels) for name, d in r.dims.items() if name not in fixed}
+
+
+def _seed_offset(study, storage_url: str | None) -> int:
+    """What to add to --seed so that a sampler does not replay proposals already made: a resumed study
+    would otherwise propose the architectures of its first trials again (duplicates that use up the trial
+    budget), and workers started together on a shared storage would propose the same ones in lockstep (each
+    architecture trained twice, since neither is complete when the other starts). 0 for a new study in a
+    local folder (a fresh run with a given seed is reproducible); the trials already in the study when
+    resuming; and, with --storage, the worker's host and process as well (runs of several workers are not
+    reproducible anyway)."""
+    offset = len(study.get_trials(deepcopy=False))
+    if storage_url is not None:
+        import socket
+        import zlib
+
+        offset += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    return offset
 
 
 def open_study(program, spec, out: Path, storage_url: str | None, study_name: str | None, sampler: str | None,
@@ -73,11 +146,15 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
     directions = [o.direction for o in spec.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, out)
-    grid = _grid(program, spec, fixed) if sampler == "grid" else None
+    name = sampler or spec.settings.get("sampler")
+    grid = _grid(program, spec, fixed) if name == "grid" else None  # --sampler grid or `sampler = grid`
     study = optuna.create_study(
         study_name=study_name or spec.name, storage=storage, directions=directions, load_if_exists=True,
-        sampler=make_sampler(sampler or spec.settings.get("sampler"), len(directions), seed, grid),
+        sampler=make_sampler(name, len(directions), seed, grid),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+    offset = _seed_offset(study, storage_url)
+    if seed is not None and offset:
+        study.sampler = make_sampler(name, len(directions), (seed + offset) % 2**31, grid)
     saved = study.user_attrs.get("objectives")
     names = [f"{o.direction} {o.metric}" for o in spec.objectives]
     if saved is not None and saved != names:
@@ -87,7 +164,17 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         study.set_user_attr("objectives", names)
         study.set_user_attr("file", program.file)
         study.set_user_attr("dataset", spec.dataset)
+        study.set_user_attr("dataset_args", list(spec.dataset_args))
     return study
+
+
+def _check_fixed(program, spec, fixed: dict) -> None:
+    """Build the space's default point with the --set values: unknown names and values outside their
+    choices are reported before the study starts."""
+    import archdsl
+    from archdsl.frontend.space import DefaultResolver
+
+    archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
 
 
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
@@ -97,6 +184,9 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     spec = load_spec(program, search, settings)
     trials = trials if trials is not None else int(spec.settings.get("trials", 20))
     timeout = timeout if timeout is not None else spec.settings.get("timeout")
+    seed = seed if seed is not None else int(spec.settings.get("seed", 0))
+    jobs = jobs if jobs and jobs > 1 else int(spec.settings.get("jobs", jobs or 1))
+    _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
     data = load(spec.dataset, spec.dataset_args, spec.span, float(spec.settings.get("val_fraction", 0.2)))
     out = Path(out)
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})

@@ -77,6 +77,14 @@ class TrialRunner:
 
     # ----- the objective
     def __call__(self, trial: optuna.Trial):
+        try:
+            return self._objective(trial)
+        except (TrialFailed, RuntimeError, ValueError, ArchError) as e:
+            # Optuna only logs why a trial failed: keep the reason with the trial (user attr "error")
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+            raise
+
+    def _objective(self, trial: optuna.Trial):
         t0 = time.perf_counter()
         resolver = TrialResolver(trial, self.fixed)
         try:

@@ -1,0 +1,97 @@
+"""Helpers for the search tests (tests/search/test_search_*.py import them as `searchutil`): tiny .arch
+spaces written to tmp_path, in-process searches, the CLI.
+
+Every space here trains for one epoch on a tiny network (scikit-learn's 8x8 digits, or MNIST-1D), so a trial
+takes a fraction of a second on two CPU cores.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+
+import archdsl
+from archdsl.search.study import FINISHED, run_search
+
+REPO = Path(__file__).resolve().parents[2]
+S = optuna.trial.TrialState
+
+
+def write_arch(tmp_path: Path, text: str, name: str = "space.arch") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def storage_url(out: Path) -> str:
+    return f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
+def load_study(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_url(out))
+
+
+def precreate(out: Path, name: str, directions: list[str], enqueue: list[dict]) -> None:
+    """Create the study a search will resume and queue trials with fixed parameters (run first, in order)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=storage_url(out), directions=directions)
+    for params in enqueue:
+        study.enqueue_trial(params)
+
+
+def search(arch: Path, out: Path, **kwargs):
+    """run_search in this process; returns the study."""
+    kwargs.setdefault("progress", False)
+    study, spec, data, seconds = run_search(archdsl.parse(arch), out=out, **kwargs)
+    return study
+
+
+def finished(study) -> list:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """`archdsl ARGV` in this process: (exit status, stdout, stderr)."""
+    from archdsl.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def cli_process(*argv: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    """`python -m archdsl.cli ARGV` as a child process. Its stdout and stderr go to LOG.out / LOG.err when
+    `log` is given (nothing to drain while it runs), else to pipes (read them with communicate())."""
+    if log is not None:
+        with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
+            return subprocess.Popen([sys.executable, "-m", "archdsl.cli", *map(str, argv)], cwd=REPO,
+                                    env={**os.environ, **(env or {})}, stdout=out, stderr=err, text=True)
+    return subprocess.Popen([sys.executable, "-m", "archdsl.cli", *map(str, argv)], cwd=REPO,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str, str]:
+    """Wait for a cli_process(..., log=LOG) child: (exit status, stdout, stderr)."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()
+
+
+def dominates(a, b, directions) -> bool:
+    """a dominates b: no worse on every objective and better on one (directions: optuna StudyDirection)."""
+    sign = [1.0 if d == optuna.study.StudyDirection.MINIMIZE else -1.0 for d in directions]
+    la = [s * v for s, v in zip(sign, a)]
+    lb = [s * v for s, v in zip(sign, b)]
+    return all(x <= y for x, y in zip(la, lb)) and any(x < y for x, y in zip(la, lb))

@@ -1,0 +1,102 @@
+"""Two workers share one study in PostgreSQL (`archdsl search --storage postgresql://...`).
+
+Needs a server: set ARCHDSL_PG_URL (e.g. `export ARCHDSL_PG_URL="$(.ci/postgres.sh)"`, which starts a
+throwaway one on 127.0.0.1:55432); skipped otherwise. Each run uses a fresh study name and deletes it after.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import optuna
+import pytest
+from searchutil import S, cli, cli_process, dominates, finish, write_arch
+
+from archdsl.search.study import FINISHED
+
+URL = os.environ.get("ARCHDSL_PG_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="ARCHDSL_PG_URL is not set (`export ARCHDSL_PG_URL=$(.ci/postgres.sh)` "
+                                "starts a PostgreSQL server to test shared storage with)")
+
+TRIALS, WORKERS = 8, 2
+
+SPACE = """
+model net(width = choice(4, 6, 8), depth = int(1, 2), k = choice(3, 5)) {
+  input img[1, 8, 8]
+  stem: conv(width, k = k) >> relu
+  body: repeat depth { conv(width, k = k) >> relu }
+  head: flatten >> linear(10)
+}
+
+search shared over digits {
+  maximize accuracy(epochs = 1)
+  minimize params
+}
+"""
+
+
+@pytest.fixture
+def study_name():
+    pytest.importorskip("psycopg2", reason="PostgreSQL storage needs psycopg2 (pip install psycopg2-binary)")
+    name = f"archdsl-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    try:
+        optuna.delete_study(study_name=name, storage=URL)
+    except KeyError:
+        pass
+
+
+def test_two_workers_share_one_study(tmp_path, study_name):
+    arch = write_arch(tmp_path, SPACE)
+    outs = [tmp_path / f"worker{i}" for i in range(WORKERS)]
+    procs = [cli_process("search", arch, "--storage", URL, "--study", study_name, "--trials", TRIALS,
+                         "--out", out, "--quiet", log=out.with_suffix(".log"))
+             for out in outs]  # started together: on an empty database they race to create the tables
+    for proc, out in zip(procs, outs):
+        rc, stdout, stderr = finish(proc, out.with_suffix(".log"), timeout=300)
+        assert rc == 0, stderr
+        assert f"study {study_name}:" in stdout
+
+    study = optuna.load_study(study_name=study_name, storage=URL)
+    trials = study.get_trials(deepcopy=False)
+    # every trial number exactly once, every trial id once
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert len({t._trial_id for t in trials}) == len(trials)
+    done = [t for t in trials if t.state in FINISHED]
+    assert all(t.state in FINISHED for t in trials), [t.state for t in trials]  # nothing left RUNNING
+    # each worker stops once the study holds TRIALS finished trials; each may have one in flight by then
+    assert TRIALS <= len(done) <= TRIALS + WORKERS
+    assert study.user_attrs["objectives"] == ["maximize accuracy", "minimize params"]
+
+    complete = [t for t in trials if t.state == S.COMPLETE]
+    assert complete and len({t._trial_id for t in complete}) == len(complete)
+    for t in complete:  # every trial's results are whole: values, architecture, weights of one worker
+        assert t.values[1] == t.user_attrs["params"] and t.values[0] == t.user_attrs["accuracy"]
+        assert any(str(out) in t.user_attrs["weights"] for out in outs)
+        assert os.path.exists(t.user_attrs["weights"])
+
+    # the workers do not replay one sequence of proposals in lockstep (each architecture trained twice):
+    # with --storage each seeds its sampler with its own host and process
+    trained = [t for t in complete if "duplicate_of" not in t.user_attrs]
+    hashes = [t.user_attrs["ir_hash"] for t in trained]
+    twins = [h for h in hashes if hashes.count(h) > 1]
+    assert len(twins) <= 4, [(t.number, t.params) for t in trained]
+
+    # the Pareto front: non-dominated, and it dominates (or ties) every complete trial off it
+    best = study.best_trials
+    best_ids = {t._trial_id for t in best}
+    assert best and best_ids <= {t._trial_id for t in complete}
+    for b in best:
+        assert not any(dominates(o.values, b.values, study.directions) for o in complete), b.number
+    for t in complete:
+        if t._trial_id not in best_ids:
+            assert any(dominates(b.values, t.values, study.directions) or b.values == t.values for b in best)
+
+    # and the report reads the shared study
+    rc, stdout, stderr = cli("report", study_name, "--storage", URL, "--out", tmp_path / "report", "--no-test")
+    assert rc == 0, stderr
+    summary = json.loads((tmp_path / "report" / "pareto.json").read_text())
+    unique_best = {t.number for t in best if "duplicate_of" not in t.user_attrs}
+    assert {m["number"] for m in summary["pareto"]} == unique_best
+    assert summary["trials"]["complete"] == len(complete)
