@@ -248,12 +248,11 @@ def _syntax_error(err: UnexpectedInput, file: str) -> ArchError:
     return ArchError(msg, span, hint=hint)
 
 
-def parse_text(text: str, file: str = "<text>") -> list:
-    """Top-level items of one file (definitions, searches, ('import', path, span) tuples)."""
+def _run(start: str, text: str, file: str):
+    """Parse `text` from rule `start` into the AST; every failure becomes an ArchError at its place."""
     remember_source(file, text)
     try:
-        tree = _parser().parse(text)
-        return _ToAst(file, text).transform(tree)
+        return _ToAst(file, text).transform(_parser(start).parse(text))
     except UnexpectedInput as err:
         raise _syntax_error(err, file) from None
     except VisitError as err:
@@ -262,22 +261,16 @@ def parse_text(text: str, file: str = "<text>") -> list:
         raise
     except RecursionError:
         raise ArchError("the text is nested too deeply", Span(file, 1, 1)) from None
+
+
+def parse_text(text: str, file: str = "<text>") -> list:
+    """Top-level items of one file (definitions, searches, ('import', path, span) tuples)."""
+    return _run("start", text, file)
 
 
 def parse_expr(text: str, file: str = "<--set>"):
     """One expression (the value of `--set name=value`); same grammar, so no eval() is ever needed."""
-    remember_source(file, text)
-    try:
-        tree = _parser("expr").parse(text)
-        return _ToAst(file, text).transform(tree)
-    except UnexpectedInput as err:
-        raise _syntax_error(err, file) from None
-    except VisitError as err:
-        if isinstance(err.orig_exc, ArchError):
-            raise err.orig_exc from None
-        raise
-    except RecursionError:
-        raise ArchError("the text is nested too deeply", Span(file, 1, 1)) from None
+    return _run("expr", text, file)
 
 
 def parse(source, file: str | None = None) -> A.Program:

@@ -83,16 +83,10 @@ def ref_linear(t, layer):
 
 
 def ref_bn(bn, y):
-    """BatchNorm written out: batch statistics in training mode, running statistics in eval mode."""
-    y = y.double()
-    dims = [0] + list(range(2, y.dim()))
-    shape = (1, -1) + (1,) * (y.dim() - 2)
-    if bn.training or bn.running_mean is None:
-        mean, var = y.mean(dims), y.var(dims, unbiased=False)
-    else:
-        mean, var = bn.running_mean.double(), bn.running_var.double()
-    y = (y - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + bn.eps)
-    return y * bn.weight.double().reshape(shape) + bn.bias.double().reshape(shape)
+    """BatchNorm written out (float64): shared with the conv mixers' references."""
+    from archdsl.ops.mixers_conv import bn_reference
+
+    return bn_reference(bn, y)
 
 
 def ref_act(name, x):
