@@ -1,0 +1,333 @@
+"""IR members of a fused group -> a plan: the kernels to launch, each with its switches and epilogue.
+
+A group is a chain: member 0 reads the group's input 0, every later member reads the previous member's result
+(plus, for add / mul, further group inputs). Each member is validated by its op registry entry (attrs, shape),
+then turned into an action by a table (MEMBER_RULES): a producer starts a stage (dwconv, linear, norm), an
+elementwise op becomes an epilogue step of the current stage. Then rewrite rules merge stages where one kernel
+does both (REWRITES):
+
+    dwconv [bias]            -> ln / rmsnorm            : dwconv with the norm fused    (when C <= 1024)
+    linear -> bias -> act    -> linear                  : mlp (hidden stays on chip)    (when C, O <= 256)
+    norm (no steps)          -> mlp                     : mlp with a norm prologue
+
+Nothing here imports triton, so a group is planned (and refused with a reason) on any machine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from archdsl.errors import ArchError
+from archdsl.ops.registry import Attrs, get_op
+from archdsl.ops.shapes import resolve_padding
+
+MAX_STEPS = 6  # = epilogue.MAX_STEPS (kept here so planning needs no triton)
+PRECISIONS = ("fp32", "bf16", "fp16")
+FUSED_NORM_MAX_CHANNELS = 1024  # = dwconv.FUSED_NORM_MAX_CHANNELS
+NORM_MAX_CHANNELS = 16384  # = norm.MAX_CHANNELS
+MLP_MAX_CHANNELS = 256  # = mlp.MAX_CHANNELS
+
+
+class NotLowerable(Exception):
+    """This group has no Triton lowering; `reason` says which member and why (the backend runs it in torch)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Member:
+    """One op of a group: registry op name, its attrs, the group inputs it reads besides the running value
+    (indices into the group's inputs; 0 is the group's first input), and its name (key of its weights)."""
+
+    op: str
+    attrs: dict = field(default_factory=dict)
+    inputs: tuple[int, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where a tensor comes from at run time: ("param", member name, state key), ("input", index, None) or
+    ("const", value, None)."""
+
+    kind: str
+    where: Any
+    key: str | None = None
+
+    def __str__(self):
+        if self.kind == "param":
+            return f"{self.where}.{self.key}"
+        return f"input{self.where}" if self.kind == "input" else repr(self.where)
+
+
+@dataclass
+class Stage:
+    """One kernel launch: kind (dwconv / norm / linear / mlp / elementwise), its compile-time switches, its
+    parameter tensors, its epilogue steps, the members it covers and its output shape (no batch)."""
+
+    kind: str
+    consts: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
+    members: list = field(default_factory=list)
+    shape: tuple = ()
+
+    def capacity(self) -> int:
+        """Epilogue steps still free (a linear's bias takes a slot; other kernels apply their bias inside)."""
+        used = len(self.steps) + (1 if self.kind == "linear" and "bias" in self.params else 0)
+        return MAX_STEPS - used
+
+    def describe(self) -> str:
+        consts = " ".join(f"{k}={v}" for k, v in self.consts.items())
+        params = " ".join(f"{k}={v}" for k, v in self.params.items())
+        steps = ", ".join(op if ref is None else f"{op}({ref})" for op, ref in self.steps) or "-"
+        return f"{self.kind} [{consts}] params: {params or '-'} | epilogue: {steps} -> {list(self.shape)}"
+
+
+# ---- members: normalise and validate --------------------------------------------------------------------
+
+def as_member(m, index: int) -> Member:
+    """Accept Member, (op,), (op, attrs), (op, attrs, inputs), (op, attrs, inputs, name) or a dict."""
+    if isinstance(m, Member):
+        return m if m.name else Member(m.op, dict(m.attrs), tuple(m.inputs), str(index))
+    if isinstance(m, dict):
+        return Member(m["op"], dict(m.get("attrs") or {}), tuple(m.get("inputs") or ()), str(m.get("name") or index))
+    if isinstance(m, (tuple, list)) and m and isinstance(m[0], str):
+        op, attrs, inputs, name = (*m, None, None, None)[:4]
+        return Member(op, dict(attrs or {}), tuple(inputs or ()), str(name or index))
+    raise NotLowerable(f"member {index}: cannot read {m!r} (expected (op, attrs, inputs) or a dict)")
+
+
+def bind(member: Member, index: int, ins: list) -> tuple[str, Attrs, tuple]:
+    """(canonical op name, validated attrs, output shape) from the op registry."""
+    if member.op == "bias":  # a bias add of its own: state {"bias": (C,)}
+        return "bias", Attrs(), tuple(ins[0])
+    try:
+        spec = get_op(member.op)
+        attrs = spec.bind([], {k: v for k, v in member.attrs.items() if v is not None}, ins)
+        return spec.name, attrs, tuple(spec.shape(attrs, ins))
+    except ArchError as e:
+        raise NotLowerable(f"member {index} ({member.op}): {e.message}") from None
+
+
+# ---- the planner ------------------------------------------------------------------------------------------
+
+class Planner:
+    def __init__(self, shapes):
+        self.inputs = [tuple(s) for s in shapes]
+        self.stages: list[Stage] = []
+        self.shape = self.inputs[0]
+
+    @property
+    def current(self) -> Stage | None:
+        return self.stages[-1] if self.stages else None
+
+    def start(self, kind, index, shape, **consts) -> Stage:
+        stage = Stage(kind, consts=consts, members=[index], shape=tuple(shape))
+        self.stages.append(stage)
+        return stage
+
+    def step(self, index, op, ref=None, shape=None):
+        """Append an epilogue step; open an elementwise stage when there is none, it is full, or the step
+        broadcasts the result to a larger shape than the producer's tile."""
+        shape = tuple(shape or self.shape)
+        cur = self.current
+        grows = cur is not None and shape != cur.shape
+        if cur is None or cur.capacity() < 1 or (grows and cur.kind != "elementwise"):
+            cur = self.start("elementwise", index, shape)
+        if index not in cur.members:
+            cur.members.append(index)
+        cur.shape = shape
+        cur.steps.append((op, ref))
+
+
+def _need_1d_or_2d(i, op, shape):
+    if len(shape) - 1 not in (1, 2):
+        raise NotLowerable(f"member {i} ({op}): depthwise kernels take 1-D or 2-D maps, got shape {list(shape)}")
+
+
+def _dw(pl, i, m, a, ins, out):
+    _need_1d_or_2d(i, m.op, ins[0])
+    c = ins[0][0]
+    mult = out[0] // c
+    pads = resolve_padding(m.op, a.padding, a.k, a.stride, a.dilation)
+    st = pl.start("dwconv", i, out, k=tuple(a.k), stride=tuple(a.stride), dilation=tuple(a.dilation),
+                  padding=tuple(pads), mult=mult)
+    st.params["weight"] = Ref("param", m.name, "weight")
+    if a.bias:
+        st.params["bias"] = Ref("param", m.name, "bias")
+
+
+def _linear(pl, i, m, a, ins, out):
+    st = pl.start("linear", i, out, cin=ins[0][0])
+    st.params["weight"] = Ref("param", m.name, "weight")
+    if a.bias:
+        st.params["bias"] = Ref("param", m.name, "bias")
+
+
+def _conv(pl, i, m, a, ins, out):
+    c = ins[0][0]
+    groups = c if a.groups == -1 else a.groups
+    if groups == c and out[0] % c == 0 and groups > 1:
+        return _dw(pl, i, m, a, ins, out)
+    pads = resolve_padding(m.op, a.padding, a.k, a.stride, a.dilation)
+    pointwise = all(k == 1 for k in a.k) and all(s == 1 for s in a.stride) and all(p == (0, 0) for p in pads)
+    if pointwise and groups == 1:
+        return _linear(pl, i, m, a, ins, out)
+    raise NotLowerable(f"member {i} (conv k={list(a.k)} stride={list(a.stride)} groups={groups}): only depthwise "
+                       "and 1x1 (stride 1, groups 1) convolutions have Triton kernels; dense convs stay on cuDNN")
+
+
+def _pwconv(pl, i, m, a, ins, out):
+    if a.groups != 1:
+        raise NotLowerable(f"member {i} (pwconv groups={a.groups}): grouped 1x1 convs have no Triton kernel")
+    _linear(pl, i, m, a, ins, out)
+
+
+def _norm(pl, i, m, a, ins, out):
+    kind = "ln" if m.op == "ln" else "rms"
+    c = ins[0][0]
+    if c > NORM_MAX_CHANNELS:
+        raise NotLowerable(f"member {i} ({m.op}): {c} channels; a norm tile holds at most {NORM_MAX_CHANNELS}")
+    params = {"norm_weight": Ref("param", m.name, "weight")}
+    if kind == "ln" and a.bias:
+        params["norm_bias"] = Ref("param", m.name, "bias")
+    cur = pl.current
+    if (cur is not None and cur.kind == "dwconv" and not cur.steps and "norm" not in cur.consts
+            and c <= FUSED_NORM_MAX_CHANNELS):  # rewrite: dwconv [bias] -> norm  =>  dwconv with fused norm
+        cur.consts.update(norm=kind, eps=a.eps)
+        cur.params.update(params)
+        cur.members.append(i)
+        return
+    st = pl.start("norm", i, out, norm=kind, eps=a.eps)
+    st.params.update(params)
+
+
+def _act(name):
+    def rule(pl, i, m, a, ins, out):
+        pl.step(i, name)
+    return rule
+
+
+def _gelu(pl, i, m, a, ins, out):
+    pl.step(i, "gelu" if a.approximate == "none" else "gelu_tanh")
+
+
+def _starrelu(pl, i, m, a, ins, out):  # s * relu(x)^2 + b
+    pl.step(i, "relu2")
+    pl.step(i, "mul", Ref("param", m.name, "scale"))
+    pl.step(i, "add", Ref("param", m.name, "bias"))
+
+
+def _channel_scale(pl, i, m, a, ins, out):
+    pl.step(i, "mul", Ref("param", m.name, "gamma"))
+
+
+def _const_scale(pl, i, m, a, ins, out):
+    pl.step(i, "mul", Ref("const", float(a.value)))
+
+
+def _bias(pl, i, m, a, ins, out):
+    pl.step(i, "add", Ref("param", m.name, "bias"))
+
+
+def _binary(pl, i, m, a, ins, out):
+    for j in m.inputs:
+        pl.step(i, m.op, Ref("input", j), shape=out)
+
+
+def _nothing(pl, i, m, a, ins, out):  # identity, and dropout / droppath in inference
+    pass
+
+
+MEMBER_RULES = {
+    "dwconv": _dw, "conv": _conv, "pwconv": _pwconv, "linear": _linear,
+    "ln": _norm, "rmsnorm": _norm,
+    "relu": _act("relu"), "relu2": _act("relu2"), "silu": _act("silu"), "sigmoid": _act("sigmoid"),
+    "tanh": _act("tanh"), "hardswish": _act("hardswish"), "gelu": _gelu, "starrelu": _starrelu,
+    "layerscale": _channel_scale, "resscale": _channel_scale, "scale": _const_scale, "bias": _bias,
+    "add": _binary, "mul": _binary,
+    "identity": _nothing, "dropout": _nothing, "droppath": _nothing,
+}
+
+DECLINED = {
+    "bn": "an eval BatchNorm is folded into the preceding conv by the fold pass; a training one needs batch "
+          "statistics (a reduction over N and positions)",
+    "gn": "GroupNorm reduces over channel groups and all positions (a two-pass reduction); no kernel",
+    "lnchw": "lnchw normalizes over (C, H, W) jointly (a two-pass reduction over the whole map); no kernel",
+    "concat": "concat changes the channel count mid-chain; no epilogue step for it",
+}
+
+
+# ---- rewrites over stages ---------------------------------------------------------------------------------
+
+def _mlp_rewrite(stages: list[Stage]) -> list[Stage]:
+    """linear -> [bias] -> one activation -> linear  =>  mlp (when C and O fit registers)."""
+    out: list[Stage] = []
+    for st in stages:
+        prev = out[-1] if out else None
+        if (prev is not None and prev.kind == "linear" and st.kind == "linear"
+                and len(prev.steps) == 1 and prev.steps[0][1] is None
+                and max(prev.consts.get("cin", 0), st.shape[0]) <= MLP_MAX_CHANNELS):
+            merged = Stage("mlp", consts={"act": prev.steps[0][0], "cin": prev.consts["cin"]},
+                           params={"w1": prev.params["weight"], "w2": st.params["weight"]},
+                           steps=list(st.steps), members=prev.members + st.members, shape=st.shape)
+            if "bias" in prev.params:
+                merged.params["b1"] = prev.params["bias"]
+            if "bias" in st.params:
+                merged.params["b2"] = st.params["bias"]
+            out[-1] = merged
+            continue
+        out.append(st)
+    return out
+
+
+def _norm_prologue_rewrite(stages: list[Stage]) -> list[Stage]:
+    """norm (no steps) -> mlp  =>  mlp with the norm applied to its input tile."""
+    out: list[Stage] = []
+    for st in stages:
+        prev = out[-1] if out else None
+        if prev is not None and prev.kind == "norm" and not prev.steps and st.kind == "mlp":
+            st.consts.update(norm=prev.consts["norm"], eps=prev.consts["eps"])
+            st.params.update(prev.params)
+            st.members = prev.members + st.members
+            out[-1] = st
+            continue
+        out.append(st)
+    return out
+
+
+REWRITES = [_mlp_rewrite, _norm_prologue_rewrite]
+
+
+# ---- entry ------------------------------------------------------------------------------------------------
+
+def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[Stage]]:
+    """Validate the members and return (members, stages); raise NotLowerable naming the member and the reason."""
+    if precision not in PRECISIONS:
+        raise NotLowerable(f"precision {precision}: kernels take {', '.join(PRECISIONS)}")
+    if not shapes:
+        raise NotLowerable("a group needs at least its input shape")
+    members = [as_member(m, i) for i, m in enumerate(members)]
+    if not members:
+        raise NotLowerable("empty group")
+    pl = Planner(shapes)
+    for i, m in enumerate(members):
+        for j in m.inputs:
+            if not 0 <= j < len(pl.inputs):
+                raise NotLowerable(f"member {i} ({m.op}) reads group input {j}; the group has {len(pl.inputs)}")
+        ins = [pl.shape] + [pl.inputs[j] for j in m.inputs]
+        op, attrs, out = bind(m, i, ins)
+        rule = MEMBER_RULES.get(op)
+        if rule is None:
+            why = DECLINED.get(op, "no Triton lowering for this op")
+            raise NotLowerable(f"member {i} ({m.op}): {why}")
+        members[i] = m = replace(m, op=op)  # canonical name (ln2d -> ln, squared_relu -> relu2)
+        rule(pl, i, m, attrs, ins, out)
+        pl.shape = out
+    stages = pl.stages or [Stage("elementwise", members=list(range(len(members))), shape=pl.shape)]
+    for rewrite in REWRITES:
+        stages = rewrite(stages)
+    return members, stages
