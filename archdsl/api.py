@@ -25,7 +25,7 @@ def build(program: A.Program | str | Path, model: str | None = None, resolver=No
     return _build(program, model, resolver, **overrides)
 
 
-def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, **overrides):
+def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, log=None, **overrides):
     """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy.
 
     ``mode="deploy"`` returns the inference module: the train module's fresh weights through the deploy passes
@@ -35,10 +35,18 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
 
     if mode not in ("train", "deploy"):
         raise ArchError(f"unknown mode '{mode}'", hint="use mode='train' or mode='deploy'")
-    if backend not in ("torch",):
-        raise ArchError(f"unknown backend '{backend}'", hint="available backends: torch")
+    if backend not in ("torch", "triton"):
+        raise ArchError(f"unknown backend '{backend}'", hint="available backends: torch, triton")
+    if backend == "triton" and mode != "deploy":
+        raise ArchError("the triton backend runs the deploy graph (its kernels are inference-only)",
+                        hint="use mode='deploy' with backend='triton', or backend='torch' for training")
     G = source if isinstance(source, nx.DiGraph) else build(source, model, **overrides)
     from codegen.torch_fx import to_graph_module
 
     module = to_graph_module(G)
-    return module.deploy() if mode == "deploy" else module
+    module = module.deploy() if mode == "deploy" else module
+    if backend == "triton":
+        from codegen.triton.lower import lower_module
+
+        lower_module(module, log)  # `log(msg)` hears each group left in torch and why (default: a warning)
+    return module

@@ -250,7 +250,9 @@ def cmd_bench(args) -> int:
     import archdsl
 
     _, G = _load(args)
-    module = archdsl.compile(G).eval()
+    mode = "deploy" if args.backend == "triton" else getattr(args, "mode", "train")
+    module = archdsl.compile(G, mode=mode, backend=args.backend,
+                             log=lambda msg: print(f"note: {msg}", file=sys.stderr)).eval()
     shape = (args.batch, *G.nodes[G.graph["input"]]["shape"])
     x = torch.randn(shape)
     times = []
@@ -389,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=1)
     c.add_argument("--runs", type=int, default=20)
     c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--backend", choices=["torch", "triton"], default="torch",
+                   help="triton runs the deploy graph's fused groups as Triton kernels (needs a GPU)")
     c.set_defaults(fn=cmd_bench)
 
     c = sub.add_parser("search", help="multi-objective architecture search with Optuna (resumable)")

@@ -32,7 +32,7 @@ from archdsl.ir.graph import inputs as args_of
 from codegen.triton.plan import Member, NotLowerable, Ref, Stage, plan
 
 __all__ = ["NotLowerable", "Member", "LoweredGroup", "lower_group", "lower_fused_node", "triton_available",
-           "group_from_nodes", "TritonGroup"]
+           "group_from_nodes", "TritonGroup", "lower_module"]
 
 DEBUG = os.environ.get("ARCHDSL_TRITON_DEBUG", "0") not in ("", "0")
 
@@ -252,3 +252,35 @@ class TritonGroup(torch.nn.Module):
         weights = {n: {**dict(m.named_parameters()), **dict(m.named_buffers())}
                    for n, m in zip(self.names, self.members)}
         return self.group(*inputs, weights=weights)
+
+
+def lower_module(module, log=None) -> dict:
+    """Swap every fused group of a deploy module for its Triton kernels, in place; a group that cannot be
+    lowered stays in torch. Returns (and stores as ``module.lowering``) ``{group: "triton" | reason}``; each
+    fallback is reported through `log` (default: a warning naming the group and why)."""
+    import warnings
+
+    from archdsl.errors import ArchError
+
+    ok, why = triton_available()
+    if not ok:
+        raise ArchError(f"the triton backend cannot run here: {why}",
+                        hint="use backend='torch' (the default), or TRITON_INTERPRET=1 to test kernels on CPU")
+    G = module.archdsl_ir
+    report = {}
+    for node in list(G.nodes):
+        if G.nodes[node]["op"] != "fused":
+            continue
+        try:
+            lowered = lower_fused_node(G, node)
+        except NotLowerable as e:
+            report[node] = e.reason
+            (log or (lambda msg: warnings.warn(msg, stacklevel=3)))(f"triton backend: {e.reason}; it runs in torch")
+            continue
+        parent_name, _, leaf = node.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        fused = getattr(parent, leaf)
+        setattr(parent, leaf, TritonGroup(lowered, dict(fused.named_children())))
+        report[node] = "triton"
+    module.lowering = report
+    return report

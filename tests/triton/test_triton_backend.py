@@ -1,0 +1,77 @@
+"""archdsl.compile(..., backend="triton"): every reference model (small) runs its fused groups in Triton kernels
+(interpreter mode here) and matches the torch backend; groups that cannot be lowered fall back, saying why."""
+import contextlib
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.errors import ArchError
+
+MODELS = sorted(p for p in Path("searchspaces/models").glob("*.arch") if p.name != "metaformer.arch")
+SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "kernels": [7, 5, 5, 5],
+         "size": 32, "classes": 5, "channels": 6}
+
+
+def small_overrides(path):
+    program = archdsl.parse(path)
+    names = {p.name for p in program.model().params}
+    return program, {k: v for k, v in SMALL.items() if k in names}
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+def test_triton_backend_matches_torch(path):
+    program, overrides = small_overrides(path)
+    G = archdsl.build(program, **overrides)
+    torch.manual_seed(0)
+    ref = archdsl.compile(G, mode="deploy")
+    with _quiet():
+        tri = archdsl.compile(G, mode="deploy", backend="triton")
+    _copy_weights(ref, tri)  # the same weights in both (a lowered group keeps its members in a ModuleList)
+    x = torch.randn(2, *G.nodes[G.graph["input"]]["shape"])
+    with torch.no_grad():
+        torch.testing.assert_close(tri(x), ref(x), rtol=1e-4, atol=1e-4)
+    assert set(tri.lowering) == {n for n in tri.archdsl_ir if tri.archdsl_ir.nodes[n]["op"] == "fused"}
+    for group, outcome in tri.lowering.items():
+        assert outcome == "triton" or group in outcome  # a fallback names its group and says why
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fallback notices are checked through module.lowering instead
+        yield
+
+
+def _copy_weights(ref, tri):
+    """Load ref's parameters into tri, whose lowered groups hold the same members in a ModuleList."""
+    src = dict(ref.named_modules())
+    for name, mod in tri.named_modules():
+        if type(mod).__name__ == "TritonGroup":
+            for member_name, member in zip(mod.names, mod.members):
+                member.load_state_dict(src[f"{name}.{member_name}"].state_dict())
+        elif name in src and not list(mod.children()):
+            mod.load_state_dict(src[name].state_dict())
+
+
+def test_some_groups_really_run_in_triton():
+    program, overrides = small_overrides(Path("searchspaces/models/convnext_t.arch"))
+    with _quiet():
+        tri = archdsl.compile(program, mode="deploy", backend="triton", **overrides)
+    assert "triton" in tri.lowering.values()
+    assert any(type(m).__name__ == "TritonGroup" for m in tri.modules())
+
+
+def test_triton_backend_needs_deploy_mode():
+    with pytest.raises(ArchError, match="inference-only"):
+        archdsl.compile("searchspaces/models/mnist1d_cnn.arch", backend="triton")
+
+
+def test_triton_backend_without_gpu_or_interpreter_says_why(monkeypatch):
+    import codegen.triton.lower as lower
+
+    monkeypatch.setattr(lower, "triton_available", lambda: (False, "no CUDA GPU"))
+    with pytest.raises(ArchError, match="cannot run here: no CUDA GPU"):
+        archdsl.compile("searchspaces/models/mnist1d_cnn.arch", mode="deploy", backend="triton")
