@@ -44,7 +44,8 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     from codegen.torch_fx import to_graph_module
 
     module = to_graph_module(G)
-    module = module.deploy() if mode == "deploy" else module
+    if mode == "deploy":  # Triton's depthwise kernel takes large kernels itself: no FFT swap for it
+        module = module.deploy(disable=("select_kernels",) if backend == "triton" else ())
     if backend == "triton":
         from codegen.triton.lower import lower_module
 

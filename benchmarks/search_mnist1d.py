@@ -59,7 +59,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--out", default="runs/bench_search")
-    ap.add_argument("--epochs", type=int, default=15, help="the search space's accuracy(epochs = ...) for the CNN")
+    ap.add_argument("--epochs", type=int, default=25, help="the search space's accuracy(epochs = ...) for the CNN")
     args = ap.parse_args()
     out = Path(args.out)
     base = baseline(args.epochs)

@@ -22,6 +22,7 @@ from archdsl.passes.fold_bn import fold_bn
 from archdsl.passes.fold_kernels import fold_kernels
 from archdsl.passes.group_fusion import group_fusion
 from archdsl.passes.reparam_branches import reparam_branches
+from archdsl.passes.select_kernels import select_kernels
 
 DEPLOY_PIPELINE = [
     eliminate_identities,  # identity, dropout, droppath -> x; dead nodes go
@@ -30,6 +31,7 @@ DEPLOY_PIPELINE = [
     fold_bn,               # conv >> bn, bn >> padding-free conv -> conv (bias)
     fold_affine,           # conv >> layerscale | resscale | scale -> conv
     cse,                   # f(x) twice -> once
+    select_kernels,        # large depthwise conv -> dwconv_fft (FFT convolution)
     group_fusion,          # conv/linear/norm + elementwise epilogue -> fused
 ]
 PASSES = {p.__name__: p for p in DEPLOY_PIPELINE}
