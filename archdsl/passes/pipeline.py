@@ -31,7 +31,7 @@ DEPLOY_PIPELINE = [
     fold_bn,               # conv >> bn, bn >> padding-free conv -> conv (bias)
     fold_affine,           # conv >> layerscale | resscale | scale -> conv
     cse,                   # f(x) twice -> once
-    select_kernels,        # large depthwise conv -> dwconv_fft (FFT convolution)
+    select_kernels,        # large depthwise conv -> dwconv_cl (channels-last, oneDNN)
     group_fusion,          # conv/linear/norm + elementwise epilogue -> fused
 ]
 PASSES = {p.__name__: p for p in DEPLOY_PIPELINE}

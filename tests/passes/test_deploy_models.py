@@ -49,6 +49,6 @@ def test_replknet_31b_parameter_counts():
     D = run_pipeline(G, None)[0]
     assert totals(D)["params"] == 79_527_272 - 88_320 - 48_128 == 79_390_824
     ops = [op for _, d in D.nodes(data=True) for op in (d["attrs"].ops if d["op"] == "fused" else [d["op"]])]
-    # 1 BN left: the head's (before gap); the 24 large depthwise kernels run as FFT convolutions (select_kernels)
-    assert ops.count("bn") == 1 and ops.count("conv") + ops.count("dwconv_fft") == 4 + 3 * 2 + 24 * 5
-    assert ops.count("dwconv_fft") == 24
+    # 1 BN left: the head's (before gap); the 22 large depthwise kernels run channels-last (select_kernels)
+    assert ops.count("bn") == 1 and ops.count("conv") + ops.count("dwconv_cl") == 4 + 3 * 2 + 24 * 5
+    assert ops.count("dwconv_cl") == 22
