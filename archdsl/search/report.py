@@ -124,6 +124,17 @@ def _member(t, names, pareto_dir: Path, data) -> dict:
     return entry
 
 
+_UNITS = {"accuracy": "validation accuracy", "latency": "latency (ms, deploy graph)", "params": "parameters",
+          "macs": "MACs", "memory": "peak activation bytes"}
+
+
+def _axis(name: str) -> str:
+    """'minimize latency' -> 'latency (ms, deploy graph), lower is better'."""
+    direction, _, metric = name.partition(" ")
+    label = _UNITS.get(metric, metric or name)
+    return f"{label}, {'higher' if direction == 'maximize' else 'lower'} is better" if metric else name
+
+
 def _plots(study, out: Path, names, history) -> None:
     import matplotlib
 
@@ -140,8 +151,8 @@ def _plots(study, out: Path, names, history) -> None:
         ax.scatter(xs[~on], ys[~on], s=18, c="#9aa5b1", label="trials")
         order = np.argsort(xs[on])
         ax.plot(xs[on][order], ys[on][order], "o-", c="#d1495b", label="Pareto front")
-        ax.set_xlabel(names[1])
-        ax.set_ylabel(names[0])
+        ax.set_xlabel(_axis(names[1]))
+        ax.set_ylabel(_axis(names[0]))
         ax.set_title(f"{study.study_name}: {len(done)} complete trials")
         ax.legend()
         fig.tight_layout()
