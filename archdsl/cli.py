@@ -129,9 +129,9 @@ def _check_samples(args) -> int:
     rng = random.Random(args.seed)
     ok, failures = 0, []
     for _ in range(args.samples):
-        resolver = RandomResolver(rng)
+        resolver = RandomResolver(rng, fixed)
         try:
-            archdsl.build(program, args.model, resolver=_Pinned(resolver, fixed))
+            archdsl.build(program, args.model, resolver=resolver)
             ok += 1
         except ArchError as e:
             failures.append((e, {k: show(v) for k, v in resolver.values.items()}))
@@ -152,27 +152,6 @@ def _check_samples(args) -> int:
             for row in report["suspects"][:6]:
                 print(f"  {row['choice']} = {row['value']}  ({row['in_failures']}/{len(failures)})")
     return 0
-
-
-class _Pinned:
-    """A resolver that keeps --set values fixed and samples the rest."""
-
-    def __init__(self, inner, fixed):
-        self.inner, self.fixed = inner, fixed
-        self.dims, self.values = inner.dims, inner.values
-        self.overrides = {}
-
-    def resolve(self, dim):
-        if dim.name in self.fixed:
-            from archdsl.frontend.space import check_value
-
-            self.dims[dim.name] = dim
-            self.values[dim.name] = check_value(dim, self.fixed[dim.name])
-            return self.values[dim.name]
-        return self.inner.resolve(dim)
-
-    def finish(self):
-        pass
 
 
 def _plain(v):

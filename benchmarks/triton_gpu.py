@@ -157,24 +157,11 @@ def group_checks(device):
     import copy
 
     from archdsl.ops.registry import get_op
-    from codegen.triton.lower import lower_group
+    from codegen.triton.lower import lower_group, member_modules
     from codegen.triton.plan import as_member
 
     def check(members, shapes, dtype, channels_last):
-        torch.manual_seed(0)
-        modules, running = {}, tuple(shapes[0])
-        for i, m in enumerate(members):
-            m = as_member(m, i)
-            spec = get_op(m.op)
-            ins = [running] + [tuple(shapes[j]) for j in m.inputs]
-            a = spec.bind([], m.attrs, ins)
-            cls, kw = spec.torch(a, ins)
-            mod = cls(**kw)
-            with torch.no_grad():
-                for p in mod.parameters():
-                    p.copy_(0.5 * torch.randn_like(p) + (0.5 if p.dim() == 1 else 0.0))
-            modules[m.name] = mod.to(dtype)
-            running = tuple(spec.shape(a, ins))
+        modules = member_modules(members, shapes, dtype)
         xs = [torch.randn(2, *s).to(dtype) for s in shapes]
         want = xs[0].double()
         for i, m in enumerate(members):

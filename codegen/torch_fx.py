@@ -11,7 +11,7 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from archdsl.ir.graph import inputs, order
+from archdsl.ir.graph import inputs, order, shared_with
 from archdsl.ops.registry import get_op
 
 
@@ -47,17 +47,17 @@ def with_precision(mod: nn.Module, precision: str) -> nn.Module:
 
 def tie_shared(G: nx.DiGraph, mods: dict) -> None:
     """Nodes in one `share` group use the first member's shareable parameters (e.g. DCLS positions)."""
-    first: dict = {}
-    for node, mod in mods.items():
-        group = G.nodes[node].get("share")
-        if not group:
-            continue
-        key = (group, G.nodes[node]["op"])
-        if key not in first:
-            first[key] = mod
-            continue
+    for node, first in shared_with(G).items():
+        mod, src = _op_module(mods[node]), _op_module(mods[first])
         for pname in getattr(type(mod), "_shareable", ()):
-            setattr(mod, pname, getattr(first[key], pname))
+            setattr(mod, pname, getattr(src, pname))
+
+
+def _op_module(mod: nn.Module) -> nn.Module:
+    """The op's own module inside a precision wrapper (archdsl.quant.Precision keeps it as `.op`)."""
+    from archdsl.quant import Precision
+
+    return mod.op if isinstance(mod, Precision) else mod
 
 
 def _hierarchy(mods: dict[str, nn.Module]) -> nn.Module:

@@ -74,3 +74,17 @@ def test_int8_qat_of_the_mnist1d_cnn_is_within_one_point_of_fp32():
         accs[name] = evaluate(m, data.x_test, data.y_test)
     assert accs["fp32"] > 0.75  # it learned
     assert abs(accs["int8"] - accs["fp32"]) <= 0.01, accs
+
+
+def test_shared_parameters_stay_tied_inside_precision_regions(tmp_path):
+    # DCLS positions shared by two blocks: tied in memory and in the emitted file, also when wrapped at bf16
+    src = "model m() { input x[4, 9, 9]\n @precision(bf16) { dcls(5, count = 3, share = \"s\") >> dcls(5, count = 3, share = \"s\") } }"
+    G = archdsl.build(src)
+    m = archdsl.compile(G)
+    assert m.dcls_1.op.P is m.dcls.op.P
+    assert sum(p.numel() for p in m.parameters()) == archdsl.ir.graph.totals(G)["params"]
+    (tmp_path / "m.py").write_text(emit(G))
+    code = ("import importlib.util as u\n"
+            "s = u.spec_from_file_location('m', 'm.py'); mod = u.module_from_spec(s); s.loader.exec_module(mod)\n"
+            "M = mod.Model(); assert M.dcls_1.op.P is M.dcls.op.P\n")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)

@@ -74,9 +74,8 @@ class Elaborator:
         self.G = new_graph(model.name, model.file)
         ctx = self._annotate(Ctx(refs={}), model.annotations, Frame(vars=CONSTANTS))
         frame = Frame(Frame(vars=CONSTANTS))
-        overrides = getattr(self.resolver, "overrides", {})
         for param in model.params:
-            if param.name in overrides and not is_search_call(param.default):
+            if param.name in self.resolver.overrides and not is_search_call(param.default):
                 frame.vars[param.name] = self.resolver.take(param.name)
             elif param.default is None:
                 raise ArchError(f"model parameter '{param.name}' has no default", param.span,

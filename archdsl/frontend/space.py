@@ -6,7 +6,7 @@ trial into the same interface.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend.values import OpValue, show
@@ -39,12 +39,21 @@ class Dim:
 
 
 class Resolver:
-    """Base: remembers every dimension met and the value chosen, by name."""
+    """Base: remembers every dimension met and the value chosen, by name. Values given by the caller
+    (``--set name=value``, ``compile(..., name=value)``) are pinned here, for every kind of resolver: a pinned
+    dimension is checked against its range and never handed to `pick`."""
 
-    def __init__(self):
+    def __init__(self, overrides: dict | None = None):
         self.dims: dict[str, Dim] = {}
         self.values: dict[str, object] = {}
         self.chosen: dict[str, int] = {}  # choice name -> index of the option taken
+        self.overrides = dict(overrides or {})
+        self.used: set[str] = set()  # overrides actually met (a model parameter or a dimension)
+
+    def take(self, name: str):
+        """The caller's value for `name` (also for plain model parameters, which the elaborator asks for)."""
+        self.used.add(name)
+        return self.overrides[name]
 
     def resolve(self, dim: Dim):
         known = self.dims.get(dim.name)
@@ -58,7 +67,7 @@ class Resolver:
                 return dim.options[self.chosen[dim.name]]
             return self.values[dim.name]
         self.dims[dim.name] = dim
-        value = self.pick(dim)
+        value = check_value(dim, self.take(dim.name)) if dim.name in self.overrides else self.pick(dim)
         self.values[dim.name] = value
         if dim.kind == "choice":
             self.chosen[dim.name] = _option_index(dim, value)
@@ -74,19 +83,8 @@ class Resolver:
 class DefaultResolver(Resolver):
     """Defaults, or the caller's overrides (``--set name=value`` / ``compile(..., name=value)``)."""
 
-    def __init__(self, overrides: dict | None = None):
-        super().__init__()
-        self.overrides = dict(overrides or {})
-        self.used: set[str] = set()
-
-    def take(self, name: str):
-        self.used.add(name)
-        return self.overrides[name]
-
     def pick(self, dim: Dim):
-        if dim.name not in self.overrides:
-            return dim.default
-        return check_value(dim, self.take(dim.name))
+        return dim.default
 
     def finish(self) -> None:
         unused = [k for k in self.overrides if k not in self.used]

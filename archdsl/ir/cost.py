@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from archdsl.ir.graph import order, shared_duplicates, totals
+from archdsl.ir.graph import order, shared_duplicates, shared_with, totals
 
 
 def block_table(G: nx.DiGraph, depth: int = 1) -> list[dict]:
@@ -29,13 +29,8 @@ def size_bytes(G: nx.DiGraph) -> int:
     from archdsl.quant import BYTES
 
     total = sum(d["params"] * BYTES[d["precision"]] for _, d in G.nodes(data=True))
-    seen = set()
-    for _, d in G.nodes(data=True):
-        key = (d.get("share"), d["op"])
-        if key[0]:
-            if key in seen:
-                total -= d.get("shared_params", 0) * BYTES[d["precision"]]
-            seen.add(key)
+    for node in shared_with(G):
+        total -= G.nodes[node].get("shared_params", 0) * BYTES[G.nodes[node]["precision"]]
     return total
 
 

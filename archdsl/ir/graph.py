@@ -63,15 +63,19 @@ def totals(G: nx.DiGraph) -> dict:
     return {"params": params, "macs": macs}
 
 
+def shared_with(G: nx.DiGraph) -> dict[str, str]:
+    """Node -> the earlier node whose shareable parameters it uses: members of one `share` group (same op,
+    e.g. the DCLS positions of a stage's blocks) after the first."""
+    first, out = {}, {}
+    for node, d in G.nodes(data=True):
+        if d.get("share"):
+            out_of = first.setdefault((d["share"], d["op"]), node)
+            if out_of != node:
+                out[node] = out_of
+    return out
+
+
 def shared_duplicates(G: nx.DiGraph) -> int:
-    """Parameters counted on several nodes that really are one tensor (a `share` group, e.g. DCLS positions
-    shared by the blocks of a stage): every member after the first counts them again."""
-    seen, extra = set(), 0
-    for _, d in G.nodes(data=True):
-        group = d.get("share")
-        if group:
-            key = (group, d["op"])
-            if key in seen:
-                extra += d.get("shared_params", 0)
-            seen.add(key)
-    return extra
+    """Parameters counted on several nodes that really are one tensor: each later member of a share group
+    counts them again."""
+    return sum(G.nodes[n].get("shared_params", 0) for n in shared_with(G))

@@ -132,7 +132,7 @@ op("ln",
 def _gn_reference(m, x):
     """Normalize each sample's channel groups jointly (channels of a group x all positions)."""
     x = x.double()
-    n, c, g = x.shape[0], x.shape[1], m.num_groups
+    n, g = x.shape[0], m.num_groups
     grouped = x.reshape(n, g, -1)
     y = _standardize(grouped, [2], m.eps).reshape(x.shape)
     return _affine(m, y, x)

@@ -10,7 +10,7 @@ Shapes never include the batch: an image is ``(C, H, W)``, a sequence ``(C, L)``
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from archdsl.errors import ArchError, did_you_mean

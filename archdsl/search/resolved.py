@@ -131,8 +131,8 @@ def resolved_source(program: A.Program, resolver, G=None) -> str:
         by_name[name] = (text, index)
         picks.setdefault(_key(dim.span.file), {}).setdefault((dim.span.line, dim.span.col), (text, index))
     # model parameters that are no search construct but were set by name (`--set classes=10`)
-    overrides = getattr(resolver, "overrides", None) or {}
-    plain = {n: show(overrides[n]) for n in getattr(resolver, "used", ()) if n in overrides and n not in resolver.dims}
+    overrides = resolver.overrides
+    plain = {n: show(overrides[n]) for n in resolver.used if n not in resolver.dims}
     model = G.graph.get("name") if G is not None else None
     params = (model or program.model(None).name, {n: t for n, t in plain.items() if t != "{...}"})
     parts = []

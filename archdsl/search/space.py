@@ -9,23 +9,10 @@ class TrialResolver(Resolver):
     """Asks an Optuna trial for each dimension; choices are suggested by their .arch labels."""
 
     def __init__(self, trial, fixed: dict | None = None):
-        super().__init__()
+        super().__init__(fixed)  # --set values: pinned, not searched
         self.trial = trial
-        self.fixed = dict(fixed or {})  # --set values: pinned, not searched
-        self.overrides = self.fixed  # the elaborator sets plain model parameters (`--set classes=10`) from these
-        self.used: set[str] = set()
-
-    def take(self, name: str):
-        """A plain model parameter's --set value (called by the elaborator)."""
-        self.used.add(name)
-        return self.fixed[name]
 
     def pick(self, dim: Dim):
-        if dim.name in self.fixed:
-            from archdsl.frontend.space import check_value
-
-            self.used.add(dim.name)
-            return check_value(dim, self.fixed[dim.name])
         if dim.kind == "choice":
             categories = _categories(dim.labels)
             label = self.trial.suggest_categorical(dim.name, categories)
@@ -43,10 +30,10 @@ def _categories(labels) -> list:
 
 
 class RandomResolver(Resolver):
-    """Uniform random values (for `archdsl check --samples N`)."""
+    """Uniform random values (for `archdsl check --samples N`), --set values pinned."""
 
-    def __init__(self, rng):
-        super().__init__()
+    def __init__(self, rng, fixed: dict | None = None):
+        super().__init__(fixed)
         self.rng = rng
 
     def pick(self, dim: Dim):

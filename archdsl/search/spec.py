@@ -83,6 +83,21 @@ def _objective(program, item: A.SearchItem) -> Objective:
     return Objective(name, item.kind, args, item.span)
 
 
+def constraint_names(expr) -> set:
+    """The names an expression reads (`params < 50k` -> {params})."""
+    if isinstance(expr, A.Name):
+        return {expr.id}
+    out = set()
+    for v in vars(expr).values():
+        if isinstance(v, A.Node):
+            out |= constraint_names(v)
+        elif isinstance(v, list):
+            for x in v:
+                if isinstance(x, A.Node):
+                    out |= constraint_names(x)
+    return out
+
+
 def load_spec(program: A.Program, search: str | None = None, overrides: dict | None = None) -> SearchSpec:
     """The file's search section (the named one, or the only one), with `overrides` of settings."""
     if not program.searches:
@@ -130,9 +145,7 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
                             "the model or a block instead", item.span)
     known = set(METRICS) | {"latency_ms"}
     for c in constraints:
-        from archdsl.search.trial import _names
-
-        unknown = _names(c) - known
+        unknown = constraint_names(c) - known
         if unknown:
             name = sorted(unknown)[0]
             raise ArchError(f"constraint uses '{name}', which is not a metric", c.span,

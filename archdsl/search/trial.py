@@ -6,7 +6,6 @@ before any training; a trial that breaks (NaN loss, out of memory) is failed wit
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -21,10 +20,12 @@ from archdsl.frontend.space import DefaultResolver
 from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import summary
 from archdsl.ir.printer import ir_hash
+from archdsl.ops.shapes import numel
 from archdsl.search.latency import measure
 from archdsl.search.pruning import should_stop
 from archdsl.search.proxies import PROXIES
 from archdsl.search.resolved import resolved_source
+from archdsl.search.spec import constraint_names as _names
 from archdsl.search.space import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
 
@@ -44,7 +45,7 @@ def activation_bytes(G, batch: int = 1, bytes_per_elem: int = 4) -> int:
     pos = {n: i for i, n in enumerate(seq)}
     last_use = {n: max((pos[s] for s in G.successors(n)), default=pos[n]) for n in seq}
     live, peak = 0, 0
-    sizes = {n: batch * bytes_per_elem * _numel(G.nodes[n]["shape"]) for n in seq}
+    sizes = {n: batch * bytes_per_elem * numel(G.nodes[n]["shape"]) for n in seq}
     dying: dict[int, list] = {}
     for n in seq:
         dying.setdefault(last_use[n], []).append(n)
@@ -54,13 +55,6 @@ def activation_bytes(G, batch: int = 1, bytes_per_elem: int = 4) -> int:
         for m in dying.get(i, []):
             live -= sizes[m]
     return peak
-
-
-def _numel(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 class TrialRunner:
@@ -235,22 +229,6 @@ def _deploy(G, module):
         return module
 
 
-def _names(expr) -> set:
-    from archdsl.frontend import ast as A
-
-    if isinstance(expr, A.Name):
-        return {expr.id}
-    out = set()
-    for v in vars(expr).values():
-        if isinstance(v, A.Node):
-            out |= _names(v)
-        elif isinstance(v, list):
-            for x in v:
-                if isinstance(x, A.Node):
-                    out |= _names(x)
-    return out
-
-
 def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
@@ -262,7 +240,3 @@ def test_accuracy(G, weights: str, data) -> float | None:
     module = archdsl.compile(G)
     module.load_state_dict(torch.load(weights, weights_only=True))
     return evaluate(module, data.x_test, data.y_test)
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

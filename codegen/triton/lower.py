@@ -32,7 +32,7 @@ from archdsl.ir.graph import inputs as args_of
 from codegen.triton.plan import Member, NotLowerable, Ref, Stage, plan
 
 __all__ = ["NotLowerable", "Member", "LoweredGroup", "lower_group", "lower_fused_node", "triton_available",
-           "group_from_nodes", "TritonGroup", "lower_module"]
+           "group_from_nodes", "TritonGroup", "lower_module", "member_modules"]
 
 DEBUG = os.environ.get("ARCHDSL_TRITON_DEBUG", "0") not in ("", "0")
 
@@ -284,3 +284,26 @@ def lower_module(module, log=None) -> dict:
         report[node] = "triton"
     module.lowering = report
     return report
+
+
+def member_modules(members, shapes, dtype=torch.float32, seed=0) -> dict:
+    """The members' torch modules from the registry, parameters moved off their init (a layer scale of 1e-6 or a
+    zero bias would hide a missing step), cast to dtype: the weights tests and benchmarks run a group with."""
+    from archdsl.ops.registry import get_op
+    from codegen.triton.plan import as_member
+
+    torch.manual_seed(seed)
+    modules, running = {}, tuple(shapes[0])
+    for i, m in enumerate(members):
+        m = as_member(m, i)
+        spec = get_op(m.op)
+        ins = [running] + [tuple(shapes[j]) for j in m.inputs]
+        a = spec.bind([], m.attrs, ins)
+        cls, kw = spec.torch(a, ins)
+        module = cls(**kw)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(0.5 * torch.randn_like(p) + (0.5 if p.dim() == 1 else 0.0))
+        modules[m.name] = module.to(dtype)
+        running = tuple(spec.shape(a, ins))
+    return modules

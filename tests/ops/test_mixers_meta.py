@@ -11,42 +11,11 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from archdsl.errors import ArchError
 from archdsl.ops.registry import get_op
+from op_testing import build, flops_macs, nparams, shape_error
 
-
-
-def build(name, attrs, shape, seed=0):
-    spec = get_op(name)
-    a = spec.bind([], dict(attrs), [tuple(shape)])
-    cls, kwargs = spec.torch(a, [tuple(shape)])
-    torch.manual_seed(seed)
-    module = cls(**kwargs)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return spec, a, module
-
-
-def nparams(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def flops_macs(module, x):
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(x)
-    return counter.get_total_flops() // 2
-
-
-def shape_error(name, attrs, shape):
-    spec = get_op(name)
-    a = spec.bind([], dict(attrs), [tuple(shape)])
-    with pytest.raises(ArchError) as err:
-        spec.shape(a, [tuple(shape)])
-    return err.value
 
 
 # ------------------------------------------------------------------------------------------------ poolmix

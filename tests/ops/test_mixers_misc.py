@@ -10,41 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from archdsl.errors import ArchError
 from archdsl.ops.registry import get_op
-
-
-def build(name, attrs, shape, seed=0, perturb=0.3):
-    spec = get_op(name)
-    a = spec.bind([], dict(attrs), [tuple(shape)])
-    cls, kwargs = spec.torch(a, [tuple(shape)])
-    torch.manual_seed(seed)
-    module = cls(**kwargs)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(perturb * torch.randn_like(p))
-    return spec, a, module
-
-
-def nparams(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-def flops_macs(module, x):
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(x)
-    return counter.get_total_flops() // 2
-
-
-def shape_error(name, attrs, shape):
-    spec = get_op(name)
-    a = spec.bind([], dict(attrs), [tuple(shape)])
-    with pytest.raises(ArchError) as err:
-        spec.shape(a, [tuple(shape)])
-    return err.value
+from op_testing import build, flops_macs, nparams, shape_error
 
 
 def grads_reach_all(module, x):

@@ -18,30 +18,14 @@ from archdsl.ir.graph import add_op, inputs, new_graph  # noqa: E402
 from archdsl.ops.registry import get_op  # noqa: E402
 from codegen.triton.common import channels_last, close, poisoned  # noqa: E402
 from codegen.triton.lower import (NotLowerable, TritonGroup, group_from_nodes, lower_fused_node,  # noqa: E402
-                                  lower_group)
+                                  lower_group, member_modules)
 from codegen.triton.plan import as_member  # noqa: E402
 
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def build_members(members, shapes, dtype, seed=0):
-    """The members' torch modules from the registry, parameters moved off their init (a layer scale of 1e-6 or a
-    zero bias would hide a missing step), cast to dtype."""
-    torch.manual_seed(seed)
-    modules, running = {}, tuple(shapes[0])
-    for i, m in enumerate(members):
-        m = as_member(m, i)
-        spec = get_op(m.op)
-        ins = [running] + [tuple(shapes[j]) for j in m.inputs]
-        a = spec.bind([], m.attrs, ins)
-        cls, kw = spec.torch(a, ins)
-        module = cls(**kw)
-        with torch.no_grad():
-            for p in module.parameters():
-                p.copy_(0.5 * torch.randn_like(p) + (0.5 if p.dim() == 1 else 0.0))
-        modules[m.name] = module.to(dtype)
-        running = tuple(spec.shape(a, ins))
-    return modules
+    return member_modules(members, shapes, dtype, seed)
 
 
 def registry_reference(members, modules, inputs):
