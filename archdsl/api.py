@@ -29,7 +29,8 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy.
 
     ``mode="deploy"`` returns the inference module: the train module's fresh weights through the deploy passes
-    (BN folded, branches re-parameterized, ops fused). For trained weights call ``module.deploy()`` instead.
+    (BN folded, branches re-parameterized, ops fused; int8 observers calibrated on a random batch, so int8
+    regions get their integer kernels). For trained weights call ``module.deploy()`` instead.
     """
     from archdsl.errors import ArchError
 
@@ -45,9 +46,26 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
 
     module = to_graph_module(G)
     if mode == "deploy":  # Triton's depthwise kernel takes large kernels itself: no FFT swap for it
+        calibrate(module)
         module = module.deploy(disable=("select_kernels",) if backend == "triton" else ())
     if backend == "triton":
         from codegen.triton.lower import lower_module
 
         lower_module(module, log)  # `log(msg)` hears each group left in torch and why (default: a warning)
     return module
+
+
+def calibrate(module, batch: int = 2, seed: int = 0) -> None:
+    """One train-mode forward pass on a fixed random batch when the model has int8 regions, so their input
+    observers hold a range and deploy can choose int8 kernels. Meant for fresh modules (latency, structure):
+    a trained module's observers already hold the data's range."""
+    import torch
+
+    G = module.archdsl_ir
+    if not any(d["precision"] == "int8" for _, d in G.nodes(data=True)):
+        return
+    x = torch.randn(batch, *G.nodes[G.graph["input"]]["shape"], generator=torch.Generator().manual_seed(seed))
+    was = module.training
+    with torch.no_grad():
+        module.train()(x)
+    module.train(was)

@@ -193,15 +193,21 @@ def cmd_compile(args) -> int:
     from codegen.python_source import emit
 
     _, G = _load(args)
-    module = None
+    from archdsl.passes.lower_precision import simulated_notice
+
+    module, results = None, None
     if args.weights:
         module = archdsl.compile(G)
         if _deploy_mode(args):
+            archdsl.api.calibrate(module)  # fresh weights: give int8 observers a range, as compile(mode="deploy")
             module = module.deploy(select=_names(args.passes), disable=_names(args.disable_pass) or (),
-                                   dump_dir=args.dump_ir)
-            G = module.archdsl_ir
+                                   dump_dir=args.dump_ir, log=lambda msg: None)
+            G, results = module.archdsl_ir, module.pass_results
     else:
-        G, _ = _deploy_graph(args, G)
+        G, results = _deploy_graph(args, G)
+    notice = simulated_notice(results or [])
+    if notice:
+        print(f"note: {notice}", file=sys.stderr)
     source = emit(G)
     out = Path(args.output)
     out.write_text(source)

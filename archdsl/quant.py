@@ -22,10 +22,15 @@ BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "fp8": 1, "fp8_e4m3": 1, "f
 class WeightFakeQuant(nn.Module):
     """Per-channel (dim 0) symmetric int8 fake quantization of a weight tensor."""
 
-    def forward(self, w):
+    @staticmethod
+    def scales(w):
+        """One scale per output channel: max |w| / 127 (deploy's int8 kernels store the same)."""
         dims = tuple(range(1, w.dim()))
         amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
-        scale = (amax / 127.0).clamp_min(1e-12).float()
+        return (amax / 127.0).clamp_min(1e-12).float()
+
+    def forward(self, w):
+        scale = self.scales(w)
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
 

@@ -30,7 +30,8 @@ def build_modules(G: nx.DiGraph) -> dict[str, nn.Module]:
         if d["op"] in ("input", "output") or get_op(d["op"]).function is not None:
             continue
         cls, kwargs = module_for(G, node)
-        mods[node] = with_precision(cls(**kwargs), d["precision"])
+        mods[node] = with_dtype(cls(**kwargs), d) if G.graph.get("precision_lowered") else \
+            with_precision(cls(**kwargs), d["precision"])
     tie_shared(G, mods)
     return mods
 
@@ -43,6 +44,15 @@ def with_precision(mod: nn.Module, precision: str) -> nn.Module:
     from archdsl.quant import Precision
 
     return Precision(mod, precision)
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def with_dtype(mod: nn.Module, d: dict) -> nn.Module:
+    """A deploy node after lower_precision: bf16 / fp16 nodes hold their weights in that dtype; int8 and fp8
+    are explicit in the graph (int8 kernels, quantize nodes, weights stored quantized)."""
+    return mod.to(DTYPES[d["dtype"]]) if d.get("dtype") in DTYPES else mod
 
 
 def tie_shared(G: nx.DiGraph, mods: dict) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.errors import ArchError
+from archdsl.ops.lowp import Int8Linear
 from archdsl.search.data import load
 from archdsl.search.train import evaluate, train
 from codegen.python_source import emit
@@ -46,10 +46,17 @@ def test_lowered_regions_train_and_emit(p, tmp_path):
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 
-def test_deploying_lowered_precision_is_refused_clearly():
-    m = archdsl.compile(archdsl.build(archdsl.parse(SPACE), p="int8"))
-    with pytest.raises(ArchError, match="int8 regions is not supported yet"):
-        m.deploy()
+@pytest.mark.parametrize("p", ["int8", "bf16", "fp16", "fp8_e5m2"])
+def test_every_precision_deploys(p):
+    # the per-precision checks are in tests/passes/test_lower_precision.py; here: each deploys and runs
+    torch.manual_seed(0)
+    m = archdsl.compile(archdsl.build(archdsl.parse(SPACE), p=p))
+    x = torch.randn(4, 3, 12, 12)
+    m.train()(x)
+    m.eval()
+    with torch.no_grad():
+        y, yd = m(x), m.deploy(log=lambda msg: None)(x)
+    assert yd.dtype == torch.float32 and (yd - y).abs().max() < 0.05 * y.abs().max()
 
 
 def test_size_bytes_follows_precision():
@@ -72,8 +79,13 @@ def test_int8_qat_of_the_mnist1d_cnn_is_within_one_point_of_fp32():
         m = archdsl.compile(archdsl.parse(src))
         train(m, data, epochs=12, seed=0)
         accs[name] = evaluate(m, data.x_test, data.y_test)
+        if name == "int8":  # and deployed with integer kernels, it predicts what QAT predicted
+            d = m.deploy(log=lambda msg: None)
+            assert sum(isinstance(k, Int8Linear) for k in d.modules()) == 4  # three convs and the classifier
+            accs["int8 deploy"] = evaluate(d, data.x_test, data.y_test)
     assert accs["fp32"] > 0.75  # it learned
     assert abs(accs["int8"] - accs["fp32"]) <= 0.01, accs
+    assert abs(accs["int8 deploy"] - accs["int8"]) <= 0.002, accs
 
 
 def test_shared_parameters_stay_tied_inside_precision_regions(tmp_path):

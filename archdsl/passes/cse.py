@@ -31,7 +31,7 @@ def _key(G, node):
     if d["op"] in COMMUTATIVE and len(args) == 2:
         args = sorted(args)
     attrs = tuple(sorted((k, repr(v)) for k, v in d["attrs"].items()))
-    return d["op"], attrs, tuple(args), d["precision"], d["layout"], d.get("dtype")
+    return d["op"], attrs, tuple(args), d["precision"], d["layout"], d.get("dtype"), d.get("act_qparams")
 
 
 def cse(G, weights) -> PassResult:

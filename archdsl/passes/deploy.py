@@ -5,9 +5,12 @@ lower the deploy IR and load the converted tensors.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from archdsl.passes.base import flatten_state, split_state
+from archdsl.passes.lower_precision import simulated_notice
 from archdsl.passes.pipeline import run_pipeline
 
 
@@ -18,20 +21,38 @@ def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
     """
     from codegen.torch_fx import to_graph_module
 
-    lowered = sorted({d["precision"] for _, d in module.archdsl_ir.nodes(data=True)} - {"fp32"})
-    if lowered:
-        from archdsl.errors import ArchError
-
-        raise ArchError(f"deploying {', '.join(lowered)} regions is not supported yet: train-mode modules simulate "
-                        f"them (QAT, fp8 rounding, autocast) but the deploy passes convert fp32 graphs only",
-                        hint="compile in train mode, or deploy an fp32 copy of the model")
-    weights = split_state(module.archdsl_ir, module.state_dict())
-    G, weights, results = run_pipeline(module.archdsl_ir, weights, select, disable, dump_dir, log)
+    G = module.archdsl_ir.copy()
+    weights = unwrap_precision(module, G, split_state(G, module.state_dict()))
+    G, weights, results = run_pipeline(G, weights, select, disable, dump_dir, log)
     out = to_graph_module(G)
     ref = next((t for t in module.state_dict().values() if t.is_floating_point()), None)
-    if ref is not None:
-        out.to(device=ref.device, dtype=ref.dtype)
+    if ref is not None:  # the dtype too where no region chose its own (a float64 model stays float64)
+        out.to(device=ref.device, **({} if G.graph.get("precision_lowered") else {"dtype": ref.dtype}))
     with torch.no_grad():
         out.load_state_dict(flatten_state(weights), strict=True)
     out.pass_results = results
+    notice = simulated_notice(results)
+    if notice:
+        (log or (lambda msg: warnings.warn(msg, stacklevel=3)))(notice)
     return out.eval()
+
+
+def unwrap_precision(module, G, weights: dict) -> dict:
+    """Non-fp32 nodes train inside archdsl.quant.Precision, their tensors one level down (``op.weight``) and an
+    int8 input observer beside them (``act.lo``). The passes work on the op's own tensors, so those move up a
+    level; the observer's (scale, zero point) goes on the IR node as ``act_qparams`` (None: it saw no data,
+    so training never quantized that input), for lower_precision."""
+    from archdsl.quant import ActFakeQuant, Precision
+
+    for node, d in G.nodes(data=True):
+        if d["precision"] == "fp32" or node not in weights:
+            continue
+        wrapper = module.get_submodule(node)
+        if not isinstance(wrapper, Precision):
+            continue
+        weights[node] = {k[len("op."):]: v for k, v in weights[node].items() if k.startswith("op.")}
+        act = getattr(wrapper, "act", None)
+        if isinstance(act, ActFakeQuant):
+            scale, zero = act.qparams()
+            d["act_qparams"] = (float(scale), int(zero)) if int(act.seen) > 0 else None
+    return weights

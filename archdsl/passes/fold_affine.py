@@ -14,7 +14,7 @@ import torch
 from archdsl.ir.graph import inputs, order
 from archdsl.passes.base import LINEAR_OPS, PassResult, float_like, get_wb, set_wb
 from archdsl.passes.kernels import scale_out
-from archdsl.passes.rewrite import bypass, sole_consumer, users_text
+from archdsl.passes.rewrite import bypass, precision_blocker, sole_consumer, users_text
 
 # op -> its per-output-channel factor (a (C,) tensor or a number), from (attrs, state)
 SCALES = {
@@ -38,6 +38,9 @@ def fold_affine(G, weights) -> PassResult:
             continue
         if sole_consumer(G, src) != node:
             res.decline(node, f"'{src}' is also read by {users_text(G, src)}")
+            continue
+        if precision_blocker(G, src, node):
+            res.decline(node, precision_blocker(G, src, node))
             continue
         if weights is not None:
             w, b = get_wb(G, weights, src)

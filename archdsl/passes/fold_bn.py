@@ -13,7 +13,7 @@ from __future__ import annotations
 from archdsl.ir.graph import inputs, order
 from archdsl.passes.base import CONV_OPS, LINEAR_OPS, PassResult, conv_geometry, float_like, get_wb, set_wb
 from archdsl.passes.kernels import bn_affine, scale_in, scale_out
-from archdsl.passes.rewrite import bypass, set_op, sole_consumer, users_text
+from archdsl.passes.rewrite import bypass, precision_blocker, set_op, sole_consumer, users_text
 
 
 def _with_bias(G, node):
@@ -53,6 +53,8 @@ def _before_blocker(G, bn) -> str | None:
     op = G.nodes[reader]["op"]
     if op not in LINEAR_OPS:
         return f"its reader '{reader}' is {op}, not a conv / linear"
+    if precision_blocker(G, bn, reader):
+        return precision_blocker(G, bn, reader)
     if op in CONV_OPS and not conv_geometry(G, reader).padding_free:
         return f"its reader '{reader}' zero-pads, and the bn's shift would have to pad it instead"
     return None
@@ -65,12 +67,14 @@ def fold_bn(G, weights) -> PassResult:
         if bn not in G or G.nodes[bn]["op"] != "bn":
             continue
         src = inputs(G, bn)[0]
-        if G.nodes[src]["op"] in LINEAR_OPS and sole_consumer(G, src) == bn:
+        blocked = precision_blocker(G, src, bn)
+        if G.nodes[src]["op"] in LINEAR_OPS and sole_consumer(G, src) == bn and not blocked:
             _fold_after(G, weights, bn, src)
             res.changed.append(f"{bn}: {G.nodes[src]['op']} '{src}' >> bn -> {G.nodes[src]['op']} (bias)")
             continue
-        after = (f"'{src}' is also read by {users_text(G, src)}" if G.nodes[src]["op"] in LINEAR_OPS
-                 else f"its input '{src}' is {G.nodes[src]['op']}, not a conv / linear")
+        after = (f"its input '{src}' is {G.nodes[src]['op']}, not a conv / linear"
+                 if G.nodes[src]["op"] not in LINEAR_OPS
+                 else f"'{src}' is also read by {users_text(G, src)}" if sole_consumer(G, src) != bn else blocked)
         before = _before_blocker(G, bn)
         if before is None:
             reader = sole_consumer(G, bn)

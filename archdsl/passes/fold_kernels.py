@@ -9,7 +9,7 @@ import torch
 
 from archdsl.ir.graph import inputs, order
 from archdsl.passes.base import PassResult, set_wb
-from archdsl.passes.rewrite import set_op
+from archdsl.passes.rewrite import precision_blocker, set_op
 
 
 def _dcls_conv(a, ins):
@@ -47,6 +47,9 @@ def fold_kernels(G, weights) -> PassResult:
     for node in order(G):
         d = G.nodes[node]
         if d["op"] not in FOLDS:
+            continue
+        if precision_blocker(G, node):
+            res.decline(node, precision_blocker(G, node))
             continue
         ins = [tuple(G.nodes[a]["shape"]) for a in inputs(G, node)]
         kernel = bias = like = None

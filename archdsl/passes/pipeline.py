@@ -21,6 +21,7 @@ from archdsl.passes.fold_affine import fold_affine
 from archdsl.passes.fold_bn import fold_bn
 from archdsl.passes.fold_kernels import fold_kernels
 from archdsl.passes.group_fusion import group_fusion
+from archdsl.passes.lower_precision import lower_precision
 from archdsl.passes.reparam_branches import reparam_branches
 from archdsl.passes.select_kernels import select_kernels
 
@@ -32,6 +33,7 @@ DEPLOY_PIPELINE = [
     fold_affine,           # conv >> layerscale | resscale | scale -> conv
     cse,                   # f(x) twice -> once
     select_kernels,        # large depthwise conv -> dwconv_cl (channels-last, oneDNN)
+    lower_precision,       # bf16/fp16 -> that dtype + casts; int8 -> int8 kernels or quantize-dequantize
     group_fusion,          # conv/linear/norm + elementwise epilogue -> fused
 ]
 PASSES = {p.__name__: p for p in DEPLOY_PIPELINE}

@@ -20,7 +20,7 @@ import torch
 from archdsl.ir.graph import inputs, order
 from archdsl.passes.base import CONV_OPS, PassResult, conv_geometry, float_like, get_wb, meta_module, set_wb
 from archdsl.passes.kernels import bn_affine, dilate, identity_kernel, pad_centred, scale_out
-from archdsl.passes.rewrite import prune_dead, redirect, set_op, sole_consumer
+from archdsl.passes.rewrite import precision_blocker, prune_dead, redirect, set_op, sole_consumer
 
 
 def _conv_bn(state, conv_key, bn_prefix, eps, size, dilation=None):
@@ -165,6 +165,10 @@ def _merge_sum(G, weights, node, res) -> None:
     if others:
         res.decline(node, _why_not(G, others[0], x))
         return
+    blocked = precision_blocker(G, node, *{n for b in branches for n in (b.conv, b.bn) if n})
+    if blocked:
+        res.decline(node, blocked)
+        return
     plan, why = _plan(G, branches, x)
     if plan is None:
         res.decline(node, why)
@@ -196,7 +200,9 @@ def reparam_branches(G, weights) -> PassResult:
         if node not in G:
             continue
         op = G.nodes[node]["op"]
-        if op in MIXERS:
+        if op in MIXERS and precision_blocker(G, node):
+            res.decline(node, precision_blocker(G, node))
+        elif op in MIXERS:
             state = weights[node] if weights is not None else None
             like = float_like(state) if state else None
             attrs, w, b = MIXERS[op](G, node, state)

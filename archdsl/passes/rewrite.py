@@ -12,6 +12,20 @@ from archdsl.ir.graph import inputs
 from archdsl.ops.registry import get_op
 
 STRUCTURAL = ("input", "output")
+QUANTIZED = ("int8", "fp8", "fp8_e4m3", "fp8_e5m2")  # precisions trained with fake quantization / rounding
+
+
+def precision_blocker(G: nx.DiGraph, *nodes: str) -> str | None:
+    """Why these nodes cannot become one (None: they can). Different precisions cannot share weights; in an
+    int8 / fp8 region each node quantized its own input and weights while training, and a merged node would
+    drop or move those rounding points, so deploy would no longer compute what the model trained as."""
+    precisions = {G.nodes[n]["precision"] for n in nodes}
+    if len(precisions) > 1:
+        return "their precisions differ (" + ", ".join(f"'{n}' {G.nodes[n]['precision']}" for n in nodes) + ")"
+    (p,) = precisions
+    if p in QUANTIZED:
+        return f"it is in an {p} region: merging would move the quantization points it was trained with"
+    return None
 
 
 def uses(G: nx.DiGraph, node: str) -> int:

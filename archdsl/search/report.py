@@ -95,7 +95,7 @@ def _member(t, names, pareto_dir: Path, data) -> dict:
     from codegen.python_source import emit
 
     entry = {"number": t.number, "objectives": dict(zip(names, t.values)),
-             **{k: t.user_attrs.get(k) for k in ("params", "macs", "memory", "latency_ms", "accuracy", "ir_hash")},
+             **{k: t.user_attrs.get(k) for k in ("params", "macs", "size", "memory", "latency_ms", "accuracy", "ir_hash")},
              "params_choice": {k: v for k, v in t.params.items()}}
     source = t.user_attrs.get("arch")
     if not source:
@@ -125,7 +125,7 @@ def _member(t, names, pareto_dir: Path, data) -> dict:
 
 
 _UNITS = {"accuracy": "validation accuracy", "latency": "latency (ms, deploy graph)", "params": "parameters",
-          "macs": "MACs", "memory": "peak activation bytes"}
+          "macs": "MACs", "size": "model size (bytes)", "memory": "peak activation bytes"}
 
 
 def _axis(name: str) -> str:

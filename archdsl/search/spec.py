@@ -19,6 +19,7 @@ METRICS = {  # name -> (default direction, allowed arguments)
     "latency": ("minimize", {"batch", "device", "precision", "runs"}),
     "params": ("minimize", set()),
     "macs": ("minimize", set()),
+    "size": ("minimize", set()),  # bytes of the weights, each at its node's precision (mixed-precision search)
     "memory": ("minimize", {"batch"}),
     "synflow": ("maximize", set()),
     "naswot": ("maximize", set()),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,7 @@ from archdsl.errors import ArchError
 from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
 from archdsl.frontend.space import DefaultResolver
 from archdsl.frontend.values import CONSTANTS
-from archdsl.ir.cost import summary
+from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
 from archdsl.search.latency import measure
@@ -29,7 +30,7 @@ from archdsl.search.spec import constraint_names as _names
 from archdsl.search.space import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
 
-METRIC_ATTRS = ("params", "macs", "memory", "latency_ms", "accuracy", "synflow", "naswot", "jacob_cov", "grad_norm")
+METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "accuracy", "synflow", "naswot", "jacob_cov", "grad_norm")
 
 
 class Infeasible(Exception):
@@ -88,7 +89,7 @@ class TrialRunner:
             return self._infeasible(trial, e.format())
         info = summary(G)
         h = ir_hash(G)
-        metrics = {"params": info["params"], "macs": info["macs"], "memory": activation_bytes(G)}
+        metrics = {"params": info["params"], "macs": info["macs"], "size": size_bytes(G), "memory": activation_bytes(G)}
         trial.set_user_attr("ir_hash", h)
         trial.set_user_attr("arch", resolved_source(self.program, resolver, G))
         for k, v in metrics.items():
@@ -223,8 +224,11 @@ class TrialRunner:
 
 
 def _deploy(G, module):
+    """What ships, for latency: the deploy graph, each region at its precision (int8 kernels included)."""
     try:
-        return archdsl.compile(G, mode="deploy")
+        with warnings.catch_warnings():  # the simulated-precision notice, once per trial, is noise here
+            warnings.simplefilter("ignore", UserWarning)
+            return archdsl.compile(G, mode="deploy")
     except ArchError:
         return module
 

@@ -1,0 +1,198 @@
+"""lower_precision: deploy runs each region at its precision, and computes what training simulated.
+
+The reference for int8 is the train-mode module in eval mode: torch's fake_quantize ops on fp32 tensors. The
+deploy module computes with integers (torch._int_mm) and explicit quantize nodes, so agreement checks the
+whole conversion: observer scale and zero point, per-channel weight scales, padding with the zero point,
+im2col order, the zero-point correction.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.ops.lowp import Cast, Int8Conv, Int8Linear, QuantDequant
+from archdsl.passes import run_pipeline
+
+INT8_1D = """
+@precision(int8)
+model m() {
+  input x[3, 19]
+  conv(8, k = 4, stride = 2) >> relu >> conv(8, k = 4, padding = "same")
+  residual { dwconv(5) >> ln >> pwconv(16) >> gelu >> linear(8) }
+  conv(6, k = 3, dilation = 2, padding = 1, bias = false) >> bn
+}
+"""
+INT8_2D = """
+@precision(int8)
+model m() {
+  input x[3, 11, 9]
+  conv(8, k = 3, stride = 2, padding = 1) >> bn >> relu
+  residual { dwconv(3) >> pwconv(12) >> silu >> pwconv(8) }
+  gap >> linear(5)
+}
+"""
+
+
+def _trained(src, steps=3, seed=0, shape=None):
+    """A train-mode module after a few SGD steps (weights moved, observers settled), and an input batch."""
+    torch.manual_seed(seed)
+    m = archdsl.compile(archdsl.parse(src))
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    G = m.archdsl_ir
+    x = torch.randn(6, *G.nodes[G.graph["input"]]["shape"])
+    m.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        opt.step()
+    return m.eval(), torch.randn(5, *G.nodes[G.graph["input"]]["shape"])
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("src", [INT8_1D, INT8_2D], ids=["1d", "2d"])
+def test_int8_deploy_uses_integer_kernels_and_matches_training(src):
+    m, x = _trained(src)
+    with torch.no_grad():
+        y = m(x)
+        d = m.deploy(log=lambda msg: None)
+        yd = d(x)
+    kernels = [mod for mod in d.modules() if isinstance(mod, Int8Linear)]
+    assert kernels and all(k.qweight.dtype == torch.int8 for k in kernels)
+    assert any(isinstance(k, Int8Conv) for k in kernels)
+    assert _rel(yd, y) < 1e-5
+    declined = dict(next(r for r in d.pass_results if r.name == "lower_precision").declined)
+    assert "simulated" in declined["dwconv"] and "no int8 kernel for dwconv" in declined["dwconv"]
+
+
+def test_int8_weights_are_per_channel_symmetric_integers():
+    m, _ = _trained(INT8_2D)
+    d = m.deploy(log=lambda msg: None)
+    w = m.get_submodule("linear").op.weight.detach()
+    k = d.get_submodule("linear")
+    assert isinstance(k, Int8Linear)
+    scale = w.abs().amax(1) / 127
+    torch.testing.assert_close(k.wscale, scale)
+    assert torch.equal(k.qweight.long(), torch.round(w / scale[:, None]).long())
+    assert k.qweight.abs().max() == 127  # the largest weight of each row maps to +-127
+    lo, hi = float(m.get_submodule("linear").act.lo), float(m.get_submodule("linear").act.hi)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    assert float(k.x_scale) == pytest.approx((hi - lo) / 255, rel=1e-6)
+    assert float(k.x_zero) == round(-lo / ((hi - lo) / 255))
+
+
+def test_a_tensor_read_by_two_int8_nodes_is_quantized_once():
+    src = """
+@precision(int8)
+model m() {
+  input x[4, 10]
+  relu
+  parallel(sum) { dwconv(3) } { dwconv(5) }
+}
+"""
+    m, x = _trained(src)
+    d = m.deploy(log=lambda msg: None)
+    q = [n for n, nd in d.archdsl_ir.nodes(data=True) if nd["op"] == "quantize"]
+    readers = {n: sorted(d.archdsl_ir.successors(n)) for n in q}
+    assert sorted(len(r) for r in readers.values()) == [1, 2], readers  # x for relu; relu's result for both
+    with torch.no_grad():
+        assert _rel(d(x), m(x)) < 1e-6
+
+
+def test_never_observed_inputs_stay_unquantized_and_are_named():
+    torch.manual_seed(0)
+    m = archdsl.compile(archdsl.parse(INT8_2D)).eval()  # no forward pass in train mode: observers empty
+    with pytest.warns(UserWarning, match="run simulated"):
+        d = m.deploy()
+    G = d.archdsl_ir
+    assert not any(nd["op"] in ("quantize", "int8_linear", "int8_conv") for _, nd in G.nodes(data=True))
+    declined = dict(next(r for r in d.pass_results if r.name == "lower_precision").declined)
+    assert "never observed" in declined["linear"]
+    x = torch.randn(2, 3, 11, 9)
+    with torch.no_grad():
+        assert _rel(d(x), m(x)) < 1e-5
+
+
+BF16 = """
+model m() {
+  input x[4, 9, 7]
+  @precision(bf16) { conv(8, k = 3, padding = 1) >> bn >> gelu }
+  maxpool(2)
+  @precision(bf16) { pwconv(8) >> relu }
+  gap >> linear(3)
+}
+"""
+
+
+@pytest.mark.parametrize("p,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_bf16_fp16_regions_run_in_their_dtype_with_casts_only_at_the_edges(p, dtype):
+    src = BF16.replace("bf16", p)
+    m, x = _trained(src)
+    d = m.deploy(log=lambda msg: None)
+    G = d.archdsl_ir
+    state = d.state_dict()
+    assert state["fused.conv.weight"].dtype == dtype  # the BN folded into it, then converted, then fused
+    assert state["fused_1.pwconv.weight"].dtype == dtype and state["linear.weight"].dtype == torch.float32
+    casts = sorted((nd["attrs"].to, next(iter(G.predecessors(n)))) for n, nd in G.nodes(data=True)
+                   if nd["op"] == "cast")
+    want = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    # into the first region and out of the second: the fp32 maxpool between them runs in the region's dtype
+    assert sorted(c[0] for c in casts) == sorted(["float32", want]), casts
+    assert G.nodes["maxpool"]["dtype"] == want
+    with torch.no_grad():
+        yd, y = d(x), m(x)
+        ref = archdsl.compile(archdsl.parse(src.replace(p, "fp32")))
+        ref.load_state_dict({k.replace(".op.", "."): v for k, v in m.state_dict().items()})
+        y32 = ref.eval()(x)
+    assert yd.dtype == torch.float32
+    assert _rel(yd, y32) < 3e-2 and _rel(y, y32) < 3e-2  # both are the fp32 function, rounded
+
+
+def test_fp8_deploy_is_the_training_rounding_and_is_named_simulated():
+    src = INT8_1D.replace("int8", "fp8_e4m3")
+    m, x = _trained(src)
+    with pytest.warns(UserWarning, match="fp32"):
+        d = m.deploy()
+    assert any(isinstance(q, QuantDequant) and q.scheme == "fp8_e4m3" for q in d.modules())
+    with torch.no_grad():
+        assert _rel(d(x), m(x)) < 1e-6
+
+
+def test_folds_stop_at_quantized_regions_but_not_at_bf16():
+    m, _ = _trained(INT8_2D)
+    d = m.deploy(log=lambda msg: None)
+    fold = next(r for r in d.pass_results if r.name == "fold_bn")
+    assert not fold.changed and "int8 region" in dict(fold.declined)["bn"]
+    d16 = _trained(BF16)[0].deploy(log=lambda msg: None)
+    assert next(r for r in d16.pass_results if r.name == "fold_bn").changed
+
+
+def test_structure_only_deploy_graph_counts_the_same_parameters():
+    G = archdsl.build(archdsl.parse(INT8_2D))
+    D, _, _ = run_pipeline(G, None)
+    ops = {nd["op"] for _, nd in D.nodes(data=True)}
+    assert {"int8_conv", "int8_linear", "quantize"} <= ops
+    assert sum(nd["params"] for _, nd in D.nodes(data=True)) == sum(nd["params"] for _, nd in G.nodes(data=True))
+
+
+def test_deployed_mixed_precision_module_emits_and_reloads(tmp_path):
+    from codegen.python_source import emit
+
+    src = BF16.replace("@precision(bf16) { pwconv(8) >> relu }", "@precision(int8) { pwconv(8) >> relu }")
+    m, x = _trained(src)
+    d = m.deploy(log=lambda msg: None)
+    assert any(isinstance(c, Cast) for c in d.modules()) and any(isinstance(k, Int8Linear) for k in d.modules())
+    (tmp_path / "m.py").write_text(emit(d.archdsl_ir))
+    torch.save(d.state_dict(), tmp_path / "w.pt")
+    with torch.no_grad():
+        torch.save((x, d(x)), tmp_path / "xy.pt")
+    code = ("import torch, importlib.util as u\n"
+            "s = u.spec_from_file_location('m', 'm.py'); mod = u.module_from_spec(s); s.loader.exec_module(mod)\n"
+            "M = mod.Model(); M.load_state_dict(torch.load('w.pt')); M.eval(); x, y = torch.load('xy.pt')\n"
+            "assert M.fused.conv.weight.dtype == torch.bfloat16 and M.pwconv.qweight.dtype == torch.int8\n"
+            "assert torch.equal(M(x), y)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
