@@ -5,6 +5,8 @@ and why not, so the torch backend can fall back group by group. Layout follows t
 
     plan.py         IR members of a fused group -> stages (which kernel, its constexpr switches, its epilogue)
     lower.py        lower_group(members, shapes) -> LoweredGroup (runs the stages) or NotLowerable(reason)
+                    (split=True, as the backend lowers: members without a kernel run in torch, the rest
+                    as kernels)
     epilogue.py     the fused epilogue every kernel ends with (bias, activations, layer scale, residual, gates)
     elementwise.py  elementwise chains with broadcasting
     norm.py         LayerNorm / RMSNorm over channels (channels-first and channels-last)

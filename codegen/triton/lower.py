@@ -7,6 +7,14 @@
         log(f"group {name}: {e.reason}")
     y = run(x, *other_inputs, weights={member name: {state key: tensor}})
 
+    run = lower_group(members, shapes, split=True)               # members without a kernel run in torch
+    y = run(x, *other_inputs, weights=..., modules={member name: its torch module})
+
+Splitting (plan.plan_split; what lower_fused_node and lower_module do): a member with no kernel (a dense conv, a
+BatchNorm left over, lnchw) runs as its own torch module and every maximal run of the other members becomes
+Triton kernels, so a dense conv's epilogue or the norm + MLP after it still fuse. ``run.torch_members`` says
+which members stayed in torch and why; ``lower_module`` reports it per group.
+
 How kernels are generated. plan.py turns the members into stages; each stage is one of five parameterised
 @triton.jit kernels (dwconv, norm, linear, mlp, elementwise) whose tl.constexpr switches come from the IR: the
 epilogue step list (bias, activation, layer scale, residual add, gates: epilogue.py), which norm is fused, the
@@ -29,7 +37,7 @@ import os
 import torch
 
 from archdsl.ir.graph import inputs as args_of
-from codegen.triton.plan import Member, NotLowerable, Ref, Stage, plan
+from codegen.triton.plan import Member, NotLowerable, Ref, Segment, Stage, plan, plan_split
 
 __all__ = ["NotLowerable", "Member", "LoweredGroup", "lower_group", "lower_fused_node", "triton_available",
            "group_from_nodes", "TritonGroup", "lower_module", "member_modules"]
@@ -57,51 +65,111 @@ def triton_available() -> tuple[bool, str]:
 
 
 class LoweredGroup:
-    """The kernels of one group, run in order; call with the group inputs, the weights and optionally `out`."""
+    """The kernels of one group, run in order; call with the group inputs, the weights and optionally `out`.
 
-    def __init__(self, name: str, members: list[Member], stages: list[Stage], shapes, layout: str, precision: str):
-        self.name, self.members, self.stages = name, members, stages
+    A split group (``segments`` with torch ones) also needs ``modules``: the torch module of each member that
+    runs in torch, by member name (TritonGroup passes them)."""
+
+    def __init__(self, name: str, members: list[Member], stages, shapes, layout: str, precision: str,
+                 segments: list[Segment] | None = None):
+        self.name, self.members = name, members
+        self.segments = segments if segments is not None else [Segment(list(range(len(members))), list(stages))]
+        self.stages = [st for seg in self.segments if not seg.torch for st in seg.stages]  # every kernel launch
         self.shapes, self.layout, self.precision = [tuple(s) for s in shapes], layout, precision
 
-    def __call__(self, *inputs, weights=None, out=None):
+    @property
+    def torch_members(self) -> dict:
+        """{member index: why it runs in torch}; empty when the whole group runs in Triton."""
+        return {i: why for seg in self.segments if seg.torch for i, why in seg.reasons.items()}
+
+    def __call__(self, *inputs, weights=None, out=None, modules=None):
         if len(inputs) != len(self.shapes):
             raise TypeError(f"group '{self.name}' takes {len(self.shapes)} input(s), got {len(inputs)}")
         if tuple(inputs[0].shape[1:]) != self.shapes[0]:
             raise ValueError(f"group '{self.name}': input of shape {tuple(inputs[0].shape)}, planned for "
                              f"(N, {', '.join(map(str, self.shapes[0]))})")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(inputs, weights)):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors(inputs, weights, modules)):
             raise RuntimeError(f"group '{self.name}': Triton groups compute inference only (no backward); "
                                "call under torch.no_grad() or torch.inference_mode()")
         env = Env(inputs, weights or {})
         y = inputs[0]
-        for k, stage in enumerate(self.stages):
-            y = RUNNERS[stage.kind](stage, y, env, out if k == len(self.stages) - 1 else None)
+        for s, seg in enumerate(self.segments):
+            last = s == len(self.segments) - 1
+            if seg.torch:
+                y = self._run_torch(seg, y, inputs, modules)
+                if last and out is not None:
+                    y = out.copy_(y)
+                continue
+            for k, stage in enumerate(seg.stages):
+                y = RUNNERS[stage.kind](stage, y, env, out if last and k == len(seg.stages) - 1 else None)
         return y
+
+    def _run_torch(self, seg: Segment, y, inputs, modules):
+        """The members of a torch segment through their own modules (add / mul: the running value first)."""
+        for i in seg.members:
+            m = self.members[i]
+            module = (modules or {}).get(m.name)
+            if module is None:
+                raise TypeError(f"group '{self.name}': member {i} ({m.op}) runs in torch "
+                                f"({seg.reasons.get(i, '')}); pass its module: modules={{'{m.name}': ...}}")
+            y = module(y, *[inputs[j] for j in m.inputs])
+        return y
+
+    def split_summary(self) -> str:
+        """Which members run as Triton kernels and which in torch, and why (empty when nothing is in torch)."""
+        if not self.torch_members:
+            return ""
+        runs = [f"{_span(seg.members)} ({' -> '.join(self.members[i].op for i in seg.members)})"
+                for seg in self.segments if not seg.torch]
+        left = "; ".join(self.torch_members.values())
+        return f"{len(self.stages)} Triton kernel(s) for {', '.join(runs)}; in torch: {left}"
 
     def describe(self) -> str:
         head = f"group '{self.name}' ({self.precision}, {self.layout}): "
         head += " -> ".join(m.op for m in self.members) + f" = {len(self.stages)} kernel(s)"
-        return "\n".join([head] + [f"  {k}: {s.describe()}" for k, s in enumerate(self.stages)])
+        if self.torch_members:
+            head += f" + torch for member(s) {', '.join(map(str, self.torch_members))}"
+        lines, k = [head], 0
+        for seg in self.segments:
+            if seg.torch:
+                lines += [f"  torch: {why}" for why in seg.reasons.values()]
+                continue
+            for st in seg.stages:
+                lines.append(f"  {k}: {st.describe()}")
+                k += 1
+        return "\n".join(lines)
 
     def __repr__(self):
         return self.describe()
 
 
 def lower_group(members, shapes, *, layout: str = "channels_first", precision: str = "fp32",
-                name: str = "group") -> LoweredGroup:
+                name: str = "group", split: bool = False) -> LoweredGroup:
     """Plan the group (raises NotLowerable with the member and reason) and return its runner. Planning needs no
-    GPU; running does (or TRITON_INTERPRET=1 with CPU tensors)."""
-    members, stages = plan(members, shapes, precision)
-    group = LoweredGroup(name, members, stages, shapes, layout, precision)
+    GPU; running does (or TRITON_INTERPRET=1 with CPU tensors). With split=True a member without a kernel runs
+    in torch (call the result with ``modules=``) and NotLowerable means no member is left for a kernel."""
+    if split:
+        members, segments = plan_split(members, shapes, precision)
+        group = LoweredGroup(name, members, None, shapes, layout, precision, segments)
+    else:
+        members, stages = plan(members, shapes, precision)
+        group = LoweredGroup(name, members, stages, shapes, layout, precision)
     if DEBUG:
         print(group.describe())
     return group
 
 
-def _tensors(inputs, weights):
+def _tensors(inputs, weights, modules=None):
     yield from (t for t in inputs if isinstance(t, torch.Tensor))
     for state in (weights or {}).values():
         yield from (t for t in state.values() if isinstance(t, torch.Tensor))
+    for module in (modules or {}).values():
+        yield from module.parameters()
+
+
+def _span(indices) -> str:
+    """'member 3' or 'members 0-5' (a segment's members are consecutive)."""
+    return f"member {indices[0]}" if len(indices) == 1 else f"members {indices[0]}-{indices[-1]}"
 
 
 # ---- running a stage ----------------------------------------------------------------------------------------
@@ -216,10 +284,11 @@ def group_from_nodes(G, nodes) -> dict:
                 inputs=group_inputs)
 
 
-def lower_fused_node(G, node: str) -> LoweredGroup:
+def lower_fused_node(G, node: str, split: bool = True) -> LoweredGroup:
     """Lower a `fused` node of the deploy IR (made by the group_fusion pass): its members as a chain
-    (archdsl.ops.fused.chain), the shapes of its inputs, its precision and layout. Run the result with the fused
-    module's members as weights: ``TritonGroup(lower_fused_node(G, n), dict(fused_module.named_children()))``."""
+    (archdsl.ops.fused.chain), the shapes of its inputs, its precision and layout; split (default) so members
+    without a kernel run in torch. Run the result with the fused module's members as weights and modules:
+    ``TritonGroup(lower_fused_node(G, n), dict(fused_module.named_children()))``."""
     from archdsl.errors import ArchError
     from archdsl.ops.fused import chain
 
@@ -233,14 +302,15 @@ def lower_fused_node(G, node: str) -> LoweredGroup:
     shapes = [tuple(G.nodes[a]["shape"]) for a in args_of(G, node)]
     try:
         return lower_group(members, shapes, layout=d.get("layout", "channels_first"),
-                           precision=d.get("precision", "fp32"), name=node)
+                           precision=d.get("precision", "fp32"), name=node, split=split)
     except NotLowerable as e:
         raise NotLowerable(f"group '{node}': {e.reason}") from None
 
 
 class TritonGroup(torch.nn.Module):
     """An nn.Module running a LoweredGroup with the parameters of the members' torch modules (by member name):
-    the torch backend builds the members' modules as usual and swaps the chain for this one module."""
+    the torch backend builds the members' modules as usual and swaps the chain for this one module. Members the
+    group leaves in torch (a split group) run as these modules themselves."""
 
     def __init__(self, group: LoweredGroup, modules: dict):
         super().__init__()
@@ -251,13 +321,16 @@ class TritonGroup(torch.nn.Module):
     def forward(self, *inputs):
         weights = {n: {**dict(m.named_parameters()), **dict(m.named_buffers())}
                    for n, m in zip(self.names, self.members)}
-        return self.group(*inputs, weights=weights)
+        return self.group(*inputs, weights=weights, modules=dict(zip(self.names, self.members)))
 
 
 def lower_module(module, log=None) -> dict:
-    """Swap every fused group of a deploy module for its Triton kernels, in place; a group that cannot be
-    lowered stays in torch. Returns (and stores as ``module.lowering``) ``{group: "triton" | reason}``; each
-    fallback is reported through `log` (default: a warning naming the group and why)."""
+    """Swap every fused group of a deploy module for its Triton kernels, in place. A member without a kernel
+    (a dense conv) runs in torch inside its group, whose other members still run as kernels; a group left with
+    nothing for a kernel stays in torch. Returns (and stores as ``module.lowering``) ``{group: outcome}``:
+    "triton" (every member in kernels), "split: group '<name>': K Triton kernel(s) for members a-b (ops); in
+    torch: member i (op): why", or the whole group's reason (it names the group). Splits and fallbacks are
+    reported through `log` (default: a warning)."""
     import warnings
 
     from archdsl.errors import ArchError
@@ -282,6 +355,10 @@ def lower_module(module, log=None) -> dict:
         fused = getattr(parent, leaf)
         setattr(parent, leaf, TritonGroup(lowered, dict(fused.named_children())))
         report[node] = "triton"
+        if lowered.torch_members:
+            report[node] = f"split: group '{node}': {lowered.split_summary()}"
+            (log or (lambda msg: warnings.warn(msg, stacklevel=3)))(
+                f"triton backend: group '{node}' split: {lowered.split_summary()}")
     module.lowering = report
     return report
 

@@ -10,6 +10,14 @@ does both (REWRITES):
     linear -> bias -> act    -> linear                  : mlp (hidden stays on chip)    (when C, O <= 256)
     norm (no steps)          -> mlp                     : mlp with a norm prologue
 
+plan() takes the whole group or refuses it (NotLowerable). plan_split() splits it instead: every member is
+judged on its own (a dense conv, a BatchNorm left over, lnchw: no kernel), the members without a kernel run in
+torch and each maximal run of the others is planned like a group of its own, so the epilogue after a dense conv
+(bias, activation, layer scale, residual) is still one Triton kernel:
+
+    dwconv -> ln -> linear -> gelu -> linear -> add -> ln | conv 2x2 s2  =  dwconv+ln, mlp, norm | torch
+    conv 1x1 -> relu | conv 3x3 | relu -> conv 1x1 -> add -> relu          =  linear | torch | elementwise, linear
+
 Nothing here imports triton, so a group is planned (and refused with a reason) on any machine.
 """
 from __future__ import annotations
@@ -60,6 +68,21 @@ class Ref:
         if self.kind == "param":
             return f"{self.where}.{self.key}"
         return f"input{self.where}" if self.kind == "input" else repr(self.where)
+
+
+@dataclass
+class Segment:
+    """A run of consecutive members (indices into the group's members) run one way: in Triton (``stages``, the
+    kernels of the run) or in torch (``stages`` is None; ``reasons`` maps each member index to why it has no
+    kernel). A Triton segment reads the running value as its chain input; its input Refs are group inputs."""
+
+    members: list
+    stages: list | None = None
+    reasons: dict = field(default_factory=dict)
+
+    @property
+    def torch(self) -> bool:
+        return self.stages is None
 
 
 @dataclass
@@ -304,8 +327,8 @@ REWRITES = [_mlp_rewrite, _norm_prologue_rewrite]
 
 # ---- entry ------------------------------------------------------------------------------------------------
 
-def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[Stage]]:
-    """Validate the members and return (members, stages); raise NotLowerable naming the member and the reason."""
+def _check_group(members, shapes, precision) -> list[Member]:
+    """What no split can mend: the precision, the shapes, members that do not read or name what they should."""
     if precision not in PRECISIONS:
         raise NotLowerable(f"precision {precision}: kernels take {', '.join(PRECISIONS)}")
     if not shapes:
@@ -313,11 +336,18 @@ def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[S
     members = [as_member(m, i) for i, m in enumerate(members)]
     if not members:
         raise NotLowerable("empty group")
-    pl = Planner(shapes)
     for i, m in enumerate(members):
         for j in m.inputs:
-            if not 0 <= j < len(pl.inputs):
-                raise NotLowerable(f"member {i} ({m.op}) reads group input {j}; the group has {len(pl.inputs)}")
+            if not 0 <= j < len(shapes):
+                raise NotLowerable(f"member {i} ({m.op}) reads group input {j}; the group has {len(shapes)}")
+    return members
+
+
+def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[Stage]]:
+    """Validate the members and return (members, stages); raise NotLowerable naming the member and the reason."""
+    members = _check_group(members, shapes, precision)
+    pl = Planner(shapes)
+    for i, m in enumerate(members):
         ins = [pl.shape] + [pl.inputs[j] for j in m.inputs]
         op, attrs, out = bind(m, i, ins)
         rule = MEMBER_RULES.get(op)
@@ -331,3 +361,76 @@ def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[S
     for rewrite in REWRITES:
         stages = rewrite(stages)
     return members, stages
+
+
+# ---- splitting a group: torch members and Triton runs -----------------------------------------------------
+
+NO_WORK = frozenset(("identity", "dropout", "droppath"))  # inference no-ops: a run of only these computes nothing
+
+
+def member_verdict(i: int, m: Member, attrs, ins, out) -> str | None:
+    """None when member i has a kernel of its own (its rule accepts it on a scratch planner), else why not."""
+    rule = MEMBER_RULES.get(m.op)
+    if rule is None:
+        return f"member {i} ({m.op}): {DECLINED.get(m.op, 'no Triton lowering for this op')}"
+    try:
+        rule(Planner([ins[0]]), i, m, attrs, ins, out)
+    except NotLowerable as e:
+        return e.reason
+    return None
+
+
+def _plan_run(members, shapes, start: int, stop: int, running, precision) -> list[Stage]:
+    """Plan members[start:stop] as a group of its own whose input 0 is the running value and input k + 1 the
+    group's input k; return its stages with member indices and input Refs in the whole group's terms."""
+    run = [replace(m, inputs=tuple(j + 1 for j in m.inputs)) for m in members[start:stop]]
+    _, stages = plan(run, [running] + [tuple(s) for s in shapes], precision)
+    for st in stages:
+        st.members = [start + k for k in st.members]
+        st.steps = [(op, Ref("input", ref.where - 1) if ref is not None and ref.kind == "input" else ref)
+                    for op, ref in st.steps]  # a member's extra inputs are >= 1 here: never the running value
+    return stages
+
+
+def plan_split(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[Segment]]:
+    """Like plan(), but a member without a kernel does not sink the group: it runs in torch, and every maximal
+    run of the other members is planned as a group of its own. Returns (members, segments) in member order.
+    Raises NotLowerable only for what concerns the whole group (precision, shapes, a member the op registry
+    cannot bind: its result's shape would be unknown) and when no member is left with work for a kernel."""
+    members = _check_group(members, shapes, precision)
+    shapes = [tuple(s) for s in shapes]
+    running, before, verdicts = shapes[0], [], []
+    for i, m in enumerate(members):
+        ins = [running] + [shapes[j] for j in m.inputs]
+        op, attrs, out = bind(m, i, ins)
+        members[i] = m = replace(m, op=op)
+        before.append(running)
+        verdicts.append(member_verdict(i, m, attrs, ins, out))
+        running = out
+    segments: list[Segment] = []
+    i = 0
+    while i < len(members):
+        j = i
+        while j < len(members) and (verdicts[j] is None) == (verdicts[i] is None):
+            j += 1
+        if verdicts[i] is not None:
+            segments.append(Segment(list(range(i, j)), None, {k: verdicts[k] for k in range(i, j)}))
+        elif all(members[k].op in NO_WORK for k in range(i, j)):  # a kernel here would only copy
+            segments.append(Segment(list(range(i, j)), None, {k: f"member {k} ({members[k].op}): nothing to "
+                                                              "compute in inference" for k in range(i, j)}))
+        else:
+            try:
+                segments.append(Segment(list(range(i, j)), _plan_run(members, shapes, i, j, before[i], precision)))
+            except NotLowerable as e:  # not expected (each member passed alone); keep the run in torch, say why
+                segments.append(Segment(list(range(i, j)), None, {k: e.reason for k in range(i, j)}))
+        i = j
+    merged: list[Segment] = []  # neighbouring torch segments (a no-op run next to a dense conv) become one
+    for seg in segments:
+        if merged and seg.torch and merged[-1].torch:
+            merged[-1].members += seg.members
+            merged[-1].reasons.update(seg.reasons)
+        else:
+            merged.append(seg)
+    if all(seg.torch for seg in merged):
+        raise NotLowerable("; ".join(r for seg in merged for r in seg.reasons.values()))
+    return members, merged

@@ -114,3 +114,74 @@ def test_group_from_nodes_refuses_what_is_not_a_chain():
     add_op(G2, "tap", "relu", ["act"], shape=(5, 7, 9))
     with pytest.raises(NotLowerable, match="used outside"):
         group_from_nodes(G2, ["dw", "act", "res"])
+
+
+# ---- splitting: members without a kernel run in torch, the runs around them become kernels ------------------
+
+from codegen.triton.plan import plan_split  # noqa: E402
+
+DENSE = ("conv", {"out": 6, "k": 3, "stride": 2})  # (3, 9, 7) -> (6, 5, 4): no Triton kernel
+
+
+def layout_of(segments):
+    """[("torch", members) | (kernel kinds, members)] of a split plan."""
+    return [("torch" if s.torch else tuple(st.kind for st in s.stages), s.members) for s in segments]
+
+
+def test_split_dense_conv_at_the_head_keeps_its_epilogue_in_one_kernel():
+    members, segs = plan_split([DENSE, ("gelu",), ("layerscale",), ("add", {}, (1,))], [(3, 9, 7), (6, 5, 4)])
+    assert layout_of(segs) == [("torch", [0]), (("elementwise",), [1, 2, 3])]
+    assert "member 0 (conv" in segs[0].reasons[0] and "dense convs" in segs[0].reasons[0]
+    (ew,) = segs[1].stages
+    assert [(op, str(ref)) for op, ref in ew.steps] == [("gelu", "None"), ("mul", "2.gamma"), ("add", "input1")]
+    assert ew.members == [1, 2, 3] and ew.shape == (6, 5, 4)
+
+
+def test_split_dense_conv_in_the_middle_then_norm_and_mlp():
+    members = [("dwconv", {"k": 5}), ("relu",), ("conv", {"out": 3, "k": 3}), ("ln",), ("linear", {"out": 12}),
+               ("gelu",), ("linear", {"out": 3}), ("add", {}, (0,))]
+    _, segs = plan_split(members, [(3, 9, 7)])
+    with pytest.raises(NotLowerable):  # the whole group (plan) is still refused
+        plan(members, [(3, 9, 7)])
+    assert layout_of(segs) == [(("dwconv",), [0, 1]), ("torch", [2]), (("mlp",), [3, 4, 5, 6, 7])]
+    mlp = segs[2].stages[0]
+    assert mlp.consts["norm"] == "ln" and mlp.members == [3, 4, 5, 6, 7]
+    assert [(op, str(ref)) for op, ref in mlp.steps] == [("add", "input0")]  # the group's input 0, not the conv's
+
+
+def test_split_1d_and_what_merges():
+    # torch members and no-op runs between them are one torch segment; a lone dropout computes nothing
+    members = [("conv", {"out": 4, "k": 3}), ("dropout", {"p": 0.1}), ("gn", {"groups": 2}), ("silu",),
+               ("bn",), ("scale", {"value": 2.0})]
+    _, segs = plan_split(members, [(3, 11)])
+    assert layout_of(segs) == [("torch", [0, 1, 2]), (("elementwise",), [3]), ("torch", [4]),
+                               (("elementwise",), [5])]
+    assert "nothing to compute" in segs[0].reasons[1] and "GroupNorm" in segs[0].reasons[2]
+
+
+def test_split_with_nothing_left_for_a_kernel_or_a_broken_group():
+    with pytest.raises(NotLowerable) as e:
+        plan_split([DENSE, ("dropout", {"p": 0.1}), ("bn",)], [(3, 9, 7)])
+    assert "member 0 (conv" in e.value.reason and "member 2 (bn)" in e.value.reason
+    for members, shapes, kw, words in [([DENSE, ("relu",)], [(3, 9, 7)], {"precision": "fp8"}, "precision fp8"),
+                                       ([DENSE, ("add", {}, (2,))], [(3, 9, 7)], {}, "group input 2"),
+                                       ([DENSE, ("nosuchop",)], [(3, 9, 7)], {}, "member 1")]:
+        with pytest.raises(NotLowerable, match=words):
+            plan_split(members, shapes, **kw)
+
+
+def test_split_of_a_lowerable_group_is_its_plan():
+    _, stages = plan(CONVNEXT, [(5, 7, 9)])
+    _, segs = plan_split(CONVNEXT, [(5, 7, 9)])
+    assert layout_of(segs) == [(("dwconv", "mlp"), list(range(len(CONVNEXT))))]
+    assert [s.describe() for s in segs[0].stages] == [s.describe() for s in stages]
+
+
+def test_lower_group_split_describes_what_runs_where():
+    g = lower_group([DENSE, ("gelu",), ("layerscale",)], [(3, 9, 7)], split=True, name="g")
+    assert list(g.torch_members) == [0] and len(g.stages) == 1
+    text = g.describe()
+    assert "1 kernel(s) + torch for member(s) 0" in text and "torch: member 0 (conv" in text
+    assert g.split_summary().startswith("1 Triton kernel(s) for members 1-2 (gelu -> layerscale); in torch: member 0")
+    with pytest.raises(NotLowerable, match="dense convs"):
+        lower_group([DENSE, ("gelu",)], [(3, 9, 7)])  # split is opt-in for lower_group
