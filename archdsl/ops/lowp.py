@@ -79,9 +79,17 @@ class Int8Linear(nn.Module):
         q = torch.round(x * (1.0 / self.x_scale))
         return q.add_(self.x_zero - 128).clamp_(-128, 127)
 
+    @staticmethod
+    def int_mm_fits(m, k, n, device):
+        """Whether torch._int_mm takes these sizes: any on CPU; on CUDA m > 16 and k, n multiples of 8."""
+        return device.type == "cpu" or (m > 16 and k % 8 == 0 and n % 8 == 0)
+
     def matmul(self, cols):
         """(M, in) integer-valued floats -> (M, out) float: the exact int32 product, then scaled."""
-        acc = torch._int_mm(cols.to(torch.int8), self.qweight.t())
+        if self.int_mm_fits(cols.shape[0], cols.shape[1], self.qweight.shape[0], cols.device):
+            acc = torch._int_mm(cols.to(torch.int8), self.qweight.t())
+        else:  # float64 holds every such sum exactly (|sum| < 2^53), so the result is the same integer
+            acc = torch.matmul(cols.double(), self.qweight.t().double()).to(torch.int32)
         # q - z = (q - 128) - (z - 128): the zero point's share is (z - 128) * sum_k W[o, k]
         wsum = self.qweight.sum(1, dtype=torch.int32)
         zero = (self.x_zero - 128).to(torch.int32)

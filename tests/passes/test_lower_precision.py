@@ -196,3 +196,13 @@ def test_deployed_mixed_precision_module_emits_and_reloads(tmp_path):
             "assert M.fused.conv.weight.dtype == torch.bfloat16 and M.pwconv.qweight.dtype == torch.int8\n"
             "assert torch.equal(M(x), y)\n")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+
+
+def test_int8_kernels_give_the_same_integers_where_int_mm_does_not_take_the_shape(monkeypatch):
+    # on CUDA torch._int_mm needs m > 16 and k, n multiples of 8; elsewhere the float64 path must agree exactly
+    m, x = _trained(INT8_1D)
+    d = m.deploy(log=lambda msg: None)
+    with torch.no_grad():
+        y = d(x)
+        monkeypatch.setattr(Int8Linear, "int_mm_fits", staticmethod(lambda *a: False))
+        assert torch.equal(d(x), y)
