@@ -80,3 +80,31 @@ def test_triton_backend_without_gpu_or_interpreter_says_why(monkeypatch):
     monkeypatch.setattr(lower, "triton_available", lambda: (False, "no CUDA GPU"))
     with pytest.raises(ArchError, match="cannot run here: no CUDA GPU"):
         archdsl.compile("searchspaces/models/mnist1d_cnn.arch", mode="deploy", backend="triton")
+
+
+def test_mixed_precision_deploy_graph_lowers_its_bf16_groups():
+    # lower_precision runs before the groups form: a bf16 region's group holds bf16 weights and reads a cast
+    src = """
+model m() {
+  input x[8, 9, 7]
+  @precision(bf16) { dwconv(7) >> ln >> linear(16) >> gelu >> linear(8) }
+  @precision(int8) { pwconv(8) >> relu }
+  gap >> linear(3)
+}
+"""
+    G = archdsl.build(src)
+    torch.manual_seed(0)
+    train = archdsl.compile(G)
+    archdsl.api.calibrate(train)
+    with _quiet():
+        ref = train.eval().deploy(disable=("select_kernels",))
+        tri = train.deploy(disable=("select_kernels",))
+    from codegen.triton.lower import lower_module
+
+    lower_module(tri, lambda msg: None)
+    (group,) = [n for n, outcome in tri.lowering.items() if outcome == "triton"]
+    assert tri.archdsl_ir.nodes[group]["dtype"] == "bfloat16"
+    x = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(tri(x), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
