@@ -6,6 +6,11 @@ while on a channels-last input it takes oneDNN's kernel. Measured on 2 cores, co
 channels-last included: 31x31 on 1 x 128 x 28 x 28, 30.3 ms NCHW vs 0.79 ms; 17x17 on 8 x 96 x 28 x 28,
 63 ms vs 3.5 ms; but 7x7 on 1 x 96 x 56 x 56, 0.31 ms NCHW vs 0.47 ms. Its parameters are a depthwise conv's
 (weight (C, 1, kh, kw), bias (C)), so the pass swaps the op and keeps the trained tensors.
+
+The result stays channels-last strided (an (N, C, H, W) tensor whose channels are innermost in memory): the
+LayerNorm and pointwise linears that follow in a ConvNeXt-style block then read it through its ``movedim(1, -1)``
+view, which is contiguous, with no copy (`ChannelLayerNorm`, `channel_linear` in fused.py). An input that is
+already channels-last is not copied either, so a chain of such blocks makes no layout conversion at all.
 """
 from __future__ import annotations
 
@@ -20,11 +25,11 @@ from archdsl.ops.shapes import conv_shape, need_spatial, numel
 
 
 class ChannelsLastDepthwiseConv(nn.Conv2d):
-    """nn.Conv2d (depthwise) whose input is made channels-last first; the result is returned contiguous."""
+    """nn.Conv2d (depthwise) whose input is made channels-last first (no copy when it already is); the result
+    is left channels-last strided (same values as the contiguous one; every op accepts any strides)."""
 
     def forward(self, x):
-        y = super().forward(x.contiguous(memory_format=torch.channels_last))
-        return y.contiguous()
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 def _shape(a, ins):

@@ -8,6 +8,7 @@ group's. ``boundary`` says why the group ends where it does. Shapes, parameters 
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
@@ -19,12 +20,26 @@ from archdsl.ops.registry import REQUIRED, Attr, get_op, op
 from archdsl.ops.structure import ChannelScale, ConstScale
 
 
+def channel_linear(x, weight, bias=None):
+    """The math of ``Linear`` (weight @ x over the channel axis, dim 1, plus bias), computed so that a
+    channels-last-strided (N, C, *spatial) input costs no copy: F.linear over the ``movedim(1, -1)`` view, which
+    is contiguous for such an input, and the result viewed back, channels-last strided. A contiguous NCHW input
+    takes one copy (into the view's layout) where Linear's ``matmul`` takes two (input and output)."""
+    if x.dim() == 2:
+        return F.linear(x, weight, bias)
+    return F.linear(x.movedim(1, -1), weight, bias).movedim(-1, 1)
+
+
 class FusedGroup(nn.Module):
-    """Members run in order as one call: ``steps`` are (name, op, class, kwargs, argument names)."""
+    """Members run in order as one call: ``steps`` are (name, op, class, kwargs, argument names).
+
+    Linear members run through ``channel_linear`` (the same math): with ChannelLayerNorm, the activations and
+    the merges, which keep their input's strides, a chain fed a channels-last-strided tensor (dwconv_cl's output,
+    a LayerNorm's) runs ln -> linear -> act -> linear -> add without a single layout copy."""
 
     # The module classes a member may have besides torch.nn's (emitted code defines them before this class).
     _emit_deps = (PaddedConv, Linear, ChannelLayerNorm, ChannelRMSNorm, GroupNormScaleOnly, StarReLU, SquaredReLU,
-                  ChannelScale, ConstScale, Add, Mul)
+                  ChannelScale, ConstScale, Add, Mul, channel_linear)
 
     def __init__(self, steps):
         super().__init__()
@@ -37,7 +52,11 @@ class FusedGroup(nn.Module):
     def forward(self, *xs):
         env = {"in" + str(i): x for i, x in enumerate(xs)}
         for name, _, args in self.steps:
-            env[name] = self._modules[name](*[env[a] for a in args])
+            m = self._modules[name]
+            if type(m) is Linear:
+                env[name] = channel_linear(env[args[0]], m.weight, m.bias)
+            else:
+                env[name] = m(*[env[a] for a in args])
         return env[self.steps[-1][0]]
 
 

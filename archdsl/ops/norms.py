@@ -16,7 +16,12 @@ from archdsl.ops.registry import Attr, op, positive
 
 class ChannelLayerNorm(nn.LayerNorm):
     """nn.LayerNorm over the channel axis (dim 1) at every position of (N, C, ...) tensors: the channels-first
-    LayerNorm of ConvNeXt and MetaFormer ("LayerNorm2d"). On (N, C) it is plain nn.LayerNorm."""
+    LayerNorm of ConvNeXt and MetaFormer ("LayerNorm2d"). On (N, C) it is plain nn.LayerNorm.
+
+    Any memory layout gives the same values. The kernel reads the ``movedim(1, -1)`` view, which is contiguous
+    for a channels-last-strided input (dwconv_cl's output, a fused block's): no copy; a contiguous NCHW input
+    is copied once inside the kernel. The result is channels-last strided either way, the layout in which the
+    pointwise linears that follow (``channel_linear`` in fused groups) need no copy either."""
 
     def forward(self, x):
         if x.dim() == 2:
