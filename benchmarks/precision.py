@@ -6,7 +6,8 @@
 Each model is compiled three times with `@precision(P)` on the whole model (int8: the observers calibrated on
 one random batch of 64, like `archdsl.compile(mode="deploy")` does) and deployed: bf16 runs in bf16 weights and
 activations, int8 runs its convs / linears as int8 x int8 -> int32 kernels (torch._int_mm) and simulates the
-rest with quantize-dequantize (lower_precision's notice names those nodes). The three deploy modules are timed
+rest with quantize-dequantize (lower_precision's notice names those nodes). The three deploy modules, and
+torch.compile of each (which can fuse the quantize arithmetic eager PyTorch runs op by op), are timed
 interleaved, round by round. Size: the IR's bytes at each node's precision, and the bytes the deploy module's
 state_dict really holds (simulated int8 nodes keep quantized values in fp32 tensors). Deviation: the largest
 difference from the fp32 deploy output, relative to its largest magnitude (untrained weights).
@@ -52,32 +53,36 @@ def state_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def bench(file: Path, batch: int, size: int, runs: int, warmup: int) -> list[dict]:
+def bench(file: Path, batch: int, size: int, runs: int, warmup: int, compiled: bool) -> list[dict]:
     built = {p: variant(file, p, size) for p in PRECISIONS}
     G = built["fp32"][0]
     x = torch.randn(batch, *G.nodes[G.graph["input"]]["shape"], generator=torch.Generator().manual_seed(1))
-    times = {p: [] for p in PRECISIONS}
+    modules = {(p, False): built[p][1] for p in PRECISIONS}
+    if compiled:
+        modules.update({(p, True): torch.compile(built[p][1]) for p in PRECISIONS})
+    times = {key: [] for key in modules}
     outs = {}
     with torch.inference_mode():
-        for p in PRECISIONS:
-            outs[p] = built[p][1](x).float()
+        for key, m in modules.items():
+            outs[key] = m(x).float()  # torch.compile compiles here
             for _ in range(warmup - 1):
-                built[p][1](x)
+                m(x)
         for _ in range(runs):
-            for p in PRECISIONS:
+            for key, m in modules.items():
                 t0 = time.perf_counter()
-                built[p][1](x)
-                times[p].append(time.perf_counter() - t0)
-    base = statistics.median(times["fp32"])
+                m(x)
+                times[key].append(time.perf_counter() - t0)
+    ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
     rows = []
     for p in PRECISIONS:
         G, deploy, simulated = built[p]
-        ms = statistics.median(times[p]) * 1e3
-        dev = ((outs[p] - outs["fp32"]).abs().max() / outs["fp32"].abs().max()).item()
+        dev = ((outs[p, False] - outs["fp32", False]).abs().max() / outs["fp32", False].abs().max()).item()
         kernels = sum(d["op"] in ("int8_linear", "int8_conv") for _, d in deploy.archdsl_ir.nodes(data=True))
-        rows.append(dict(model=file.stem, batch=batch, precision=p, ms=ms, speedup=base / ms, ir_bytes=size_bytes(G),
-                         state_bytes=state_bytes(deploy), deviation=dev, int8_kernels=kernels,
-                         simulated=len(simulated)))
+        rows.append(dict(model=file.stem, batch=batch, precision=p, ms=ms[p, False],
+                         speedup=ms["fp32", False] / ms[p, False],
+                         cms=ms.get((p, True)), cspeedup=ms["fp32", True] / ms[p, True] if compiled else None,
+                         ir_bytes=size_bytes(G), state_bytes=state_bytes(deploy), deviation=dev,
+                         int8_kernels=kernels, simulated=len(simulated)))
     return rows
 
 
@@ -88,19 +93,22 @@ def main(argv=None) -> None:
     ap.add_argument("--size", type=int, default=224, help="input size for models with a `size` parameter")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile columns")
     args = ap.parse_args(argv)
     print(f"machine: {machine()}\n")
-    print("| model | batch | precision | deploy ms | x fp32 speed | IR size (bytes) | x fp32 size | state_dict bytes "
-          "| int8 kernels | simulated nodes | max deviation from fp32 |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | batch | precision | deploy ms | x fp32 speed | compiled ms | x compiled fp32 | IR size (bytes) "
+          "| x fp32 size | state_dict bytes | int8 kernels | simulated nodes | max deviation from fp32 |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
-            rows = bench(MODELS / f"{name}.arch", batch, args.size, args.runs, args.warmup)
+            rows = bench(MODELS / f"{name}.arch", batch, args.size, args.runs, args.warmup, not args.no_compile)
             fp32 = rows[0]
             for r in rows:
+                compiled = (f"{r['cms']:.3f} | {r['cspeedup']:.2f}" if r["cms"] is not None else "- | -")
                 print(f"| {r['model']} | {r['batch']} | {r['precision']} | {r['ms']:.3f} | {r['speedup']:.2f} | "
-                      f"{r['ir_bytes']:,} | {r['ir_bytes'] / fp32['ir_bytes']:.2f} | {r['state_bytes']:,} | "
-                      f"{r['int8_kernels']} | {r['simulated']} | {r['deviation']:.1e} |", flush=True)
+                      f"{compiled} | {r['ir_bytes']:,} | {r['ir_bytes'] / fp32['ir_bytes']:.2f} | "
+                      f"{r['state_bytes']:,} | {r['int8_kernels']} | {r['simulated']} | {r['deviation']:.1e} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

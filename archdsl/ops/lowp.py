@@ -49,8 +49,11 @@ class QuantDequant(nn.Module):
             self.register_buffer("zero_point", torch.tensor(128.0))
 
     def forward(self, x):
+        if self.scheme == "int8" and x.dtype == torch.float32:  # one pass, the very op training used
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point.int(), 0, 255)
         if self.scheme == "int8":
-            # the same arithmetic as torch.fake_quantize_per_tensor_affine: x * (1 / scale), round half to even
+            # torch.fake_quantize_per_tensor_affine's arithmetic, for other dtypes: x * (1 / scale), round half
+            # to even, clamp to [0, 255]
             q = torch.clamp(torch.round(x * (1.0 / self.scale)) + self.zero_point, 0, 255)
             return (q - self.zero_point) * self.scale
         dtype = torch.float8_e4m3fn if self.scheme == "fp8_e4m3" else torch.float8_e5m2
@@ -74,10 +77,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("x_scale", torch.tensor(0.05))
         self.register_buffer("x_zero", torch.tensor(128.0))
 
-    def quantize_input(self, x):
-        """x as integers q - 128 in [-128, 127] (still floating), q = clamp(round(x / scale) + zero, 0, 255)."""
-        q = torch.round(x * (1.0 / self.x_scale))
-        return q.add_(self.x_zero - 128).clamp_(-128, 127)
+    def quantize_input(self, x, pad=None):
+        """x as int8 q - 128, q = clamp(round(x / scale) + zero, 0, 255): the uint8 level shifted into int8.
+        `pad` (F.pad order) pads with the zero point, the level that dequantizes to exactly 0."""
+        q = torch.clamp(torch.round(x * (1.0 / self.x_scale)), -self.x_zero, 255 - self.x_zero)  # q - zero
+        if pad is not None:
+            q = F.pad(q, pad)
+        return q.add_(self.x_zero - 128).to(torch.int8)
 
     @staticmethod
     def int_mm_fits(m, k, n, device):
@@ -85,30 +91,33 @@ class Int8Linear(nn.Module):
         return device.type == "cpu" or (m > 16 and k % 8 == 0 and n % 8 == 0)
 
     def matmul(self, cols):
-        """(M, in) integer-valued floats -> (M, out) float: the exact int32 product, then scaled."""
+        """(M, in) int8 -> (M, out) float: the exact int32 product, corrected for the zero point, then scaled."""
         if self.int_mm_fits(cols.shape[0], cols.shape[1], self.qweight.shape[0], cols.device):
-            acc = torch._int_mm(cols.to(torch.int8), self.qweight.t())
+            acc = torch._int_mm(cols, self.qweight.t())
         else:  # float64 holds every such sum exactly (|sum| < 2^53), so the result is the same integer
             acc = torch.matmul(cols.double(), self.qweight.t().double()).to(torch.int32)
         # q - z = (q - 128) - (z - 128): the zero point's share is (z - 128) * sum_k W[o, k]
-        wsum = self.qweight.sum(1, dtype=torch.int32)
         zero = (self.x_zero - 128).to(torch.int32)
-        y = (acc - zero * wsum).to(self.wscale.dtype) * (self.x_scale * self.wscale)
-        return y + self.bias if self.bias is not None else y
+        acc = acc - zero * self.qweight.sum(1, dtype=torch.int32)
+        scale = self.x_scale * self.wscale
+        y = acc.to(scale.dtype)
+        return torch.addcmul(self.bias, y, scale) if self.bias is not None else y.mul_(scale)
 
     def forward(self, x):
         q = self.quantize_input(x)
         if x.dim() == 2:
             return self.matmul(q)
-        cols = q.flatten(2).transpose(1, 2).reshape(-1, q.shape[1])
-        y = self.matmul(cols).view(x.shape[0], -1, self.qweight.shape[0])
-        return y.transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+        # channels innermost: free for a channels-last input, one int8 copy otherwise; the result stays
+        # channels-last strided, as the fused groups' linears leave theirs
+        y = self.matmul(q.movedim(1, -1).reshape(-1, q.shape[1]))
+        return y.view(*q.movedim(1, -1).shape[:-1], -1).movedim(-1, 1)
 
 
 class Int8Conv(Int8Linear):
     """A dense (groups = 1) 1-D / 2-D convolution as im2col + the int8 matmul of Int8Linear.
 
-    Padding is applied to the quantized input with the zero point, which dequantizes to exactly 0."""
+    Padding is applied to the quantized input with the zero point, which dequantizes to exactly 0. The
+    columns are strided views of the padded int8 input (one int8 copy to lay them out for the matmul)."""
 
     _emit_deps = (Int8Linear,)
 
@@ -118,16 +127,17 @@ class Int8Conv(Int8Linear):
         self.pad = tuple(pad)  # F.pad order: last dim first, (lo, hi) each
 
     def forward(self, x):
-        one_d = x.dim() == 3
-        q = F.pad(self.quantize_input(x), self.pad, value=float(self.x_zero - 128))
-        if one_d:
-            q = q.unsqueeze(2)
-        k, s, d = ((1, *t) if one_d else t for t in (self.kernel_size, self.stride, self.dilation))
-        cols = F.unfold(q, k, dilation=d, stride=s)  # (N, C * prod(k), L), channel-major like the weight
-        out_hw = [(q.shape[2 + i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
-        y = self.matmul(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
-        y = y.view(x.shape[0], -1, self.qweight.shape[0]).transpose(1, 2)
-        return y.reshape(x.shape[0], -1, *(out_hw[1:] if one_d else out_hw))
+        q = self.quantize_input(x, self.pad)
+        nd = q.dim() - 2
+        for i, (k, s, d) in enumerate(zip(self.kernel_size, self.stride, self.dilation)):
+            q = q.unfold(2 + i, d * (k - 1) + 1, s)  # (N, C, out..., span...): each output's window
+        q = q[(Ellipsis, *[slice(None, None, d) for d in self.dilation])]  # every d-th tap: (..., k...)
+        # (N, out..., C, k...) -> (N * prod(out), C * prod(k)): channel-major columns, like the weight
+        order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+        cols = q.permute(order).reshape(-1, self.qweight.shape[1])
+        out = q.shape[2:2 + nd]
+        y = self.matmul(cols).view(q.shape[0], *out, -1)
+        return y.movedim(-1, 1)
 
 
 # ---- references, written another way: dequantize everything, compute in float64 -----------------------
