@@ -109,7 +109,7 @@ class Int8Linear(nn.Module):
             return self.matmul(q)
         # channels innermost: free for a channels-last input, one int8 copy otherwise; the result stays
         # channels-last strided, as the fused groups' linears leave theirs
-        y = self.matmul(q.movedim(1, -1).reshape(-1, q.shape[1]))
+        y = self.matmul(q.movedim(1, -1).reshape(-1, q.shape[1]).contiguous())
         return y.view(*q.movedim(1, -1).shape[:-1], -1).movedim(-1, 1)
 
 
@@ -134,7 +134,9 @@ class Int8Conv(Int8Linear):
         q = q[(Ellipsis, *[slice(None, None, d) for d in self.dilation])]  # every d-th tap: (..., k...)
         # (N, out..., C, k...) -> (N * prod(out), C * prod(k)): channel-major columns, like the weight
         order = (0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
-        cols = q.permute(order).reshape(-1, self.qweight.shape[1])
+        # contiguous: with one sample and one channel the reshape can stay a view of overlapping windows
+        # (row stride < row length), which the int8 matmul does not read as such
+        cols = q.permute(order).reshape(-1, self.qweight.shape[1]).contiguous()
         out = q.shape[2:2 + nd]
         y = self.matmul(cols).view(q.shape[0], *out, -1)
         return y.movedim(-1, 1)

@@ -206,3 +206,23 @@ def test_int8_kernels_give_the_same_integers_where_int_mm_does_not_take_the_shap
         y = d(x)
         monkeypatch.setattr(Int8Linear, "int_mm_fits", staticmethod(lambda *a: False))
         assert torch.equal(d(x), y)
+
+
+@pytest.mark.parametrize("batch,cin,size,k,stride,dilation,pad", [
+    (1, 1, (40,), (5,), (2,), (1,), (1, 1)),            # the MNIST-1D CNN's stem on one sample
+    (1, 3, (9,), (3,), (1,), (2,), (2, 0)),
+    (2, 1, (7, 6), (3, 2), (2, 1), (1, 1), (0, 1, 1, 0)),
+    (1, 2, (5, 9), (1, 3), (1, 2), (1, 2), (2, 2, 0, 0)),
+])
+def test_int8_conv_against_float64_dequantized_conv(batch, cin, size, k, stride, dilation, pad):
+    from archdsl.ops.lowp import _conv_reference
+
+    torch.manual_seed(0)
+    m = Int8Conv(cin, 5, k, stride, dilation, pad)
+    m.x_scale.fill_(0.031)
+    m.x_zero.fill_(117.0)
+    m.wscale.copy_(torch.rand(5) * 0.02 + 0.001)
+    m.bias.copy_(torch.randn(5))
+    x = torch.randn(batch, cin, *size) * 2
+    ref = _conv_reference(m, x)
+    assert _rel(m(x), ref) < 1e-6 and m(x).shape == ref.shape
