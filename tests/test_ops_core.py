@@ -229,3 +229,65 @@ def test_bad_choice_and_probability():
         build("dropout", {"p": 1.0}, (3, 4))
     with pytest.raises(ArchError, match="missing required attribute 'p'"):
         build("droppath", {}, (3, 4))
+
+
+# ---- the taps path of small dilated / grouped 1-D convolutions (TapConv1d) ----------------------------
+
+TAP_CASES = [  # (op, attrs, input shape without batch): dilated, depthwise, multiplier, grouped, strided
+    ("conv", {"out": 7, "k": 3, "dilation": 2}, (5, 13)),
+    ("conv", {"out": 3, "k": 4, "dilation": 3, "stride": 2, "padding": 2}, (4, 23)),
+    ("conv", {"out": 6, "k": 5, "groups": 3, "dilation": 2, "bias": False}, (9, 11)),
+    ("dwconv", {"k": 7}, (5, 9)),
+    ("dwconv", {"k": 5, "dilation": 3, "stride": 3}, (3, 31)),
+    ("dwconv", {"k": 3, "mult": 2, "padding": 0}, (3, 8)),
+    ("dwconv", {"k": 9, "dilation": 2}, (64, 20)),  # the MNIST-1D search's size
+]
+
+
+@pytest.mark.parametrize("name, attrs, shape", TAP_CASES, ids=lambda v: str(v))
+def test_tapconv1d_matches_conv1d_in_float64_with_gradients(name, attrs, shape):
+    from archdsl.ops.conv import TapConv1d
+
+    *_, m = build(name, attrs, shape)
+    assert type(m) is TapConv1d
+    m = m.double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        m.bias is None or m.bias.normal_()
+    batches = [b for b in (1, 3) if b * shape[0] * shape[1] <= m.max_elements]  # the taps path, not nn.Conv1d's
+    assert batches
+    for batch in batches:
+        x = torch.randn(batch, *shape, dtype=torch.float64, requires_grad=True)
+        y = m(x)
+        ref = torch.nn.functional.conv1d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+        dy = torch.randn_like(y)
+        params = [x, m.weight] + ([m.bias] if m.bias is not None else [])
+        got = torch.autograd.grad(y, params, dy)
+        want = torch.autograd.grad(ref, params, dy)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_tapconv1d_large_inputs_take_the_conv1d_kernels(monkeypatch):
+    from archdsl.ops.conv import TapConv1d
+
+    *_, m = build("dwconv", {"k": 5, "dilation": 2}, (8, 40))
+    x = torch.randn(2, 8, 40)
+    small = m(x)
+    monkeypatch.setattr(TapConv1d, "max_elements", x.numel() - 1)
+    calls = []
+    real = torch.nn.functional.conv1d
+    monkeypatch.setattr(torch.nn.functional, "conv1d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.testing.assert_close(m(x), small, rtol=1e-5, atol=1e-6)
+    assert calls  # nn.Conv1d.forward ran
+
+
+def test_only_dilated_or_grouped_1d_convs_take_the_taps_path():
+    from archdsl.ops.conv import TapConv1d
+
+    assert type(build("conv", {"out": 4, "k": 3}, (3, 20))[3]) is torch.nn.Conv1d
+    assert type(build("conv", {"out": 4, "k": 3, "dilation": 2}, (3, 9, 9))[3]) is torch.nn.Conv2d
+    assert type(build("dwconv", {"k": 3}, (3, 9, 9))[3]) is torch.nn.Conv2d
+    assert type(build("conv", {"out": 4, "k": 3, "dilation": 2}, (3, 20))[3]) is TapConv1d
+    assert type(build("dwconv", {"k": 3}, (3, 20))[3]) is TapConv1d

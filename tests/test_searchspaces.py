@@ -141,6 +141,30 @@ def test_spaces_stay_small(file):
     assert max(counts) < 100_000
 
 
+# ---- the bundled MNIST-1D search (searchspaces/mnist1d_mixers.arch) ----------------------------------
+
+MNIST1D = "mnist1d_mixers.arch"
+
+
+@pytest.mark.parametrize("file, shape, overrides", list(_space_points(MNIST1D, (1, 40), {})))
+def test_mnist1d_space_every_option_builds_compiles_and_runs(file, shape, overrides):
+    _run(archdsl.parse(ROOT / file), shape, overrides)
+
+
+def test_mnist1d_space_keeps_the_seed_mixers_and_has_plain_blocks():
+    """The mixer blocks come with and without their shortcut: the plain chain (a classic CNN's, no residual
+    add) and the residual block, with every seed mixer either way."""
+    program = archdsl.parse(ROOT / MNIST1D)
+    dims = _dims(program, {})
+    assert len(dims["mixer"].labels) == 9 and dims["shortcut"].labels
+    for shortcut, adds in ((True, 2), (False, 0)):
+        G = archdsl.build(program, shortcut=shortcut, depth=2, mlp=False)
+        assert sum(G.nodes[n]["op"] == "add" for n in G) == adds
+        D = archdsl.compile(G, mode="deploy").archdsl_ir
+        members = [op for n in D for op in (D.nodes[n]["attrs"].get("ops") or (D.nodes[n]["op"],))]
+        assert members.count("add") == adds
+
+
 # ---- reference models: exact parameter counts, MACs, a forward pass ------------------------------------
 
 def test_inceptionnext_t_matches_timm():
