@@ -13,7 +13,7 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.activations import SquaredReLU, StarReLU
-from archdsl.ops.conv import Linear, PaddedConv
+from archdsl.ops.conv import Linear, PaddedConv, TapConv1d
 from archdsl.ops.merge import Add, Mul
 from archdsl.ops.norms import ChannelLayerNorm, ChannelRMSNorm, GroupNormScaleOnly
 from archdsl.ops.registry import REQUIRED, Attr, get_op, op
@@ -38,8 +38,8 @@ class FusedGroup(nn.Module):
     a LayerNorm's) runs ln -> linear -> act -> linear -> add without a single layout copy."""
 
     # The module classes a member may have besides torch.nn's (emitted code defines them before this class).
-    _emit_deps = (PaddedConv, Linear, ChannelLayerNorm, ChannelRMSNorm, GroupNormScaleOnly, StarReLU, SquaredReLU,
-                  ChannelScale, ConstScale, Add, Mul, channel_linear)
+    _emit_deps = (PaddedConv, TapConv1d, Linear, ChannelLayerNorm, ChannelRMSNorm, GroupNormScaleOnly, StarReLU,
+                  SquaredReLU, ChannelScale, ConstScale, Add, Mul, channel_linear)
 
     def __init__(self, steps):
         super().__init__()
