@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
-from deploy import MODELS, machine
+from deploy import MODELS, machine, measure
 
 import archdsl
 from archdsl.api import calibrate
@@ -60,19 +58,9 @@ def bench(file: Path, batch: int, size: int, runs: int, warmup: int, compiled: b
     modules = {(p, False): built[p][1] for p in PRECISIONS}
     if compiled:
         modules.update({(p, True): torch.compile(built[p][1]) for p in PRECISIONS})
-    times = {key: [] for key in modules}
-    outs = {}
     with torch.inference_mode():
-        for key, m in modules.items():
-            outs[key] = m(x).float()  # torch.compile compiles here
-            for _ in range(warmup - 1):
-                m(x)
-        for _ in range(runs):
-            for key, m in modules.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[key].append(time.perf_counter() - t0)
-    ms = {key: statistics.median(t) * 1e3 for key, t in times.items()}
+        outs = {key: m(x).float() for key, m in modules.items()}  # torch.compile compiles here
+    ms = {key: t * 1e3 for key, t in measure(modules, x, warmup - 1, runs).items()}
     rows = []
     for p in PRECISIONS:
         G, deploy, simulated = built[p]
