@@ -11,7 +11,8 @@ import torch
 
 from archdsl.passes.base import flatten_state, split_state
 from archdsl.passes.lower_precision import simulated_notice
-from archdsl.passes.pipeline import run_pipeline
+from archdsl.errors import ArchError
+from archdsl.passes.pipeline import run_pipeline, selected
 
 
 def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
@@ -21,6 +22,11 @@ def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
     """
     from codegen.torch_fx import to_graph_module
 
+    lowered = sorted({d["precision"] for _, d in module.archdsl_ir.nodes(data=True)} - {"fp32"})
+    if lowered and "lower_precision" not in [p.__name__ for p in selected(select, disable)]:
+        # the other passes work on the op's own fp32 tensors; only lower_precision turns them back into modules
+        raise ArchError(f"deploying a model with {', '.join(lowered)} regions needs the lower_precision pass, which "
+                        f"converts their weights", hint="keep lower_precision in --passes and out of --disable-pass")
     G = module.archdsl_ir.copy()
     weights = unwrap_precision(module, G, split_state(G, module.state_dict()))
     G, weights, results = run_pipeline(G, weights, select, disable, dump_dir, log)

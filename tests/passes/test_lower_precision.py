@@ -226,3 +226,14 @@ def test_int8_conv_against_float64_dequantized_conv(batch, cin, size, k, stride,
     x = torch.randn(batch, cin, *size) * 2
     ref = _conv_reference(m, x)
     assert _rel(m(x), ref) < 1e-6 and m(x).shape == ref.shape
+
+
+def test_deploying_quantized_regions_without_lower_precision_is_a_clear_error():
+    from archdsl.errors import ArchError
+
+    m, _ = _trained(INT8_2D)
+    with pytest.raises(ArchError, match="needs the lower_precision pass") as e:
+        m.deploy(disable=["lower_precision"])
+    assert "--disable-pass" in e.value.hint
+    with pytest.raises(ArchError, match="int8 regions"):
+        m.deploy(select=["fold_bn", "group_fusion"])
