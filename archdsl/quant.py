@@ -17,6 +17,10 @@ import torch
 from torch import nn
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
+# The dtype a deployed region of each float precision runs in (IR ``dtype`` names are torch's attribute names);
+# int8 and fp8 regions run fp32 tensors (integer kernels, quantize nodes).
+DEPLOY_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
+LOW_FLOAT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class WeightFakeQuant(nn.Module):

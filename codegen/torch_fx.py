@@ -46,13 +46,12 @@ def with_precision(mod: nn.Module, precision: str) -> nn.Module:
     return Precision(mod, precision)
 
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def with_dtype(mod: nn.Module, d: dict) -> nn.Module:
     """A deploy node after lower_precision: bf16 / fp16 nodes hold their weights in that dtype; int8 and fp8
     are explicit in the graph (int8 kernels, quantize nodes, weights stored quantized)."""
-    return mod.to(DTYPES[d["dtype"]]) if d.get("dtype") in DTYPES else mod
+    from archdsl.quant import LOW_FLOAT_DTYPES
+
+    return mod.to(LOW_FLOAT_DTYPES[d["dtype"]]) if d.get("dtype") in LOW_FLOAT_DTYPES else mod
 
 
 def tie_shared(G: nx.DiGraph, mods: dict) -> None:

@@ -1,6 +1,5 @@
 """Fake quantization and fp8 rounding against independent float64 / enumerated-table references."""
 import itertools
-import math
 
 import numpy as np
 import pytest

@@ -24,10 +24,9 @@ import torch
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
 from archdsl.passes.base import PassResult, conv_geometry, meta_module, weight_keys
-from archdsl.passes.rewrite import set_op
+from archdsl.passes.rewrite import redirect, set_op
+from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
-DTYPE_OF = {"bf16": "bfloat16", "fp16": "float16"}
-_TORCH_DTYPE = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 UNKNOWN = "unknown"  # act_qparams before weights are known (`check --mode deploy`): assume it observed data
 # ops whose result holds only values of their input: computed in bf16 or in fp32 then cast, they agree exactly
 EXACT_IN_ANY_DTYPE = frozenset(("maxpool", "gmp", "flatten", "reshape", "permute", "identity", "relu", "concat"))
@@ -107,16 +106,6 @@ def _fresh(G, base: str) -> str:
     return name
 
 
-def _insert_before(G, node, slot_src: str, new: str) -> None:
-    """`node` reads `new` instead of `slot_src` (every argument slot that read it)."""
-    data = G.edges[slot_src, node]
-    G.remove_edge(slot_src, node)
-    if G.has_edge(new, node):
-        G.edges[new, node]["args"] = tuple(sorted(G.edges[new, node]["args"] + data["args"]))
-    else:
-        G.add_edge(new, node, args=data["args"])
-
-
 def _dtype(G, node) -> str:
     return G.nodes[node].get("dtype") or "float32"
 
@@ -171,10 +160,10 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         p = d["precision"]
         if d["op"] in ("input", "output") or p == "fp32":
             continue
-        if p in DTYPE_OF:
-            d["dtype"] = DTYPE_OF[p]
+        if p in DEPLOY_DTYPE:
+            d["dtype"] = DEPLOY_DTYPE[p]
             if weights is not None:
-                dt = _TORCH_DTYPE[d["dtype"]]
+                dt = LOW_FLOAT_DTYPES[d["dtype"]]
                 weights[node] = {k: v.to(dt) if v.is_floating_point() else v for k, v in weights.get(node, {}).items()}
             res.changed.append(f"{node}: runs in {d['dtype']}")
             continue
@@ -191,7 +180,7 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
             weights[node] = _fake_weights(G, node, weights[node])
         if _quantizes_input(G, node, weights):
             for src in dict.fromkeys(inputs(G, node)):
-                _insert_before(G, node, src, _add_quantize(G, weights, src, node, quantized))
+                redirect(G, src, _add_quantize(G, weights, src, node, quantized), only=node)
         if p != "int8":
             why = "no fp8 kernels on this backend"
         elif kernel is not None:  # qp is None
@@ -207,7 +196,7 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         need = _dtype(G, node)
         for src in dict.fromkeys(inputs(G, node)):
             if _dtype(G, src) != need:
-                _insert_before(G, node, src, _add_cast(G, src, need, G.nodes[node].get("span"), casts))
+                redirect(G, src, _add_cast(G, src, need, G.nodes[node].get("span"), casts), only=node)
     for (src, dtype), cast in casts.items():
         res.changed.append(f"{cast}: cast '{src}' to {dtype}")
     G.graph["precision_lowered"] = True

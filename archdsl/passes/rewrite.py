@@ -45,9 +45,12 @@ def users_text(G: nx.DiGraph, node: str) -> str:
     return ", ".join(f"'{c}'" for c in G.successors(node))
 
 
-def redirect(G: nx.DiGraph, old: str, new: str) -> None:
-    """Every use of `old`'s result becomes a use of `new`'s, at the same argument positions."""
+def redirect(G: nx.DiGraph, old: str, new: str, only: str | None = None) -> None:
+    """Every use of `old`'s result (or only `only`'s uses of it) becomes a use of `new`'s, at the same argument
+    positions."""
     for _, consumer, data in list(G.out_edges(old, data=True)):
+        if only is not None and consumer != only:
+            continue
         G.remove_edge(old, consumer)
         if G.has_edge(new, consumer):
             G.edges[new, consumer]["args"] = tuple(sorted(G.edges[new, consumer]["args"] + data["args"]))

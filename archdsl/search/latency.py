@@ -6,7 +6,7 @@ import time
 
 import torch
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
 
 def measure(module: torch.nn.Module, input_shape, batch: int = 1, device: str = "cpu", precision: str = "fp32",
@@ -14,7 +14,7 @@ def measure(module: torch.nn.Module, input_shape, batch: int = 1, device: str = 
     """Median forward time in milliseconds. Stops early after `max_seconds` of timed runs (5 at least)."""
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
-    dtype = _DTYPES.get(precision, torch.float32)
+    dtype = LOW_FLOAT_DTYPES.get(DEPLOY_DTYPE.get(precision), torch.float32)
     module = module.eval().to(device)
     x = torch.randn(batch, *input_shape, device=device)
     times = []

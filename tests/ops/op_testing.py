@@ -40,3 +40,20 @@ def shape_error(name, attrs, shape):
     with pytest.raises(ArchError) as err:
         spec.shape(a, [tuple(shape)])
     return err.value
+
+
+def check_examples(name):
+    """The op's registry examples cover (C, L) and (C, H, W), and each one's output shape, parameter count and
+    MACs (where FlopCounterMode sees them) agree with the module actually built."""
+    spec = get_op(name)
+    assert {len(ins[0]) for _, ins in spec.examples} >= {2, 3}
+    for attrs, ins in spec.examples:
+        s, a, m = build(name, attrs, ins[0])
+        out = s.shape(a, [tuple(ins[0])])
+        x = torch.randn(1, *ins[0])
+        with torch.no_grad():
+            assert tuple(m.eval()(x).shape) == (1, *out)
+        assert nparams(m) == s.params(a, [tuple(ins[0])])
+        if s.flop_counter_exact:
+            assert flops_macs(m, x) == s.macs(a, [tuple(ins[0])], out)
+

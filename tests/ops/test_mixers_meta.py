@@ -14,7 +14,7 @@ import torch
 
 from archdsl.errors import ArchError
 from archdsl.ops.registry import get_op
-from op_testing import build, flops_macs, nparams, shape_error
+from op_testing import build, check_examples, flops_macs, nparams, shape_error
 
 
 
@@ -250,13 +250,4 @@ META_OPS = ("poolmix", "randmix", "sepconv", "relattn", "winattn", "cvtattn")
 
 @pytest.mark.parametrize("name", META_OPS)
 def test_examples_cover_1d_and_2d_and_facts_hold(name):
-    spec = get_op(name)
-    assert {len(ins[0]) for _, ins in spec.examples} >= {2, 3}
-    for attrs, ins in spec.examples:
-        s, a, m = build(name, attrs, ins[0])
-        out = s.shape(a, [tuple(ins[0])])
-        x = torch.randn(1, *ins[0])
-        with torch.no_grad():
-            assert tuple(m.eval()(x).shape) == (1, *out)
-        assert nparams(m) == s.params(a, [tuple(ins[0])])
-        assert flops_macs(m, x) == s.macs(a, [tuple(ins[0])], out)
+    check_examples(name)

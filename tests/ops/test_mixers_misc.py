@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from archdsl.errors import ArchError
 from archdsl.ops.registry import get_op
-from op_testing import build, flops_macs, nparams, shape_error
+from op_testing import build, check_examples, flops_macs, nparams, shape_error
 
 
 def grads_reach_all(module, x):
@@ -325,17 +325,8 @@ MISC_OPS = ("se", "mbconv", "moat", "grn", "lsconv", "aff", "globalfilter", "sgc
 
 @pytest.mark.parametrize("name", MISC_OPS)
 def test_examples_cover_1d_and_2d_and_facts_hold(name):
-    spec = get_op(name)
-    assert {len(ins[0]) for _, ins in spec.examples} >= {2, 3}
-    for attrs, ins in spec.examples:
-        s, a, m = build(name, attrs, ins[0])
-        out = s.shape(a, [tuple(ins[0])])
-        x = torch.randn(1, *ins[0])
-        with torch.no_grad():
-            assert tuple(m.eval()(x).shape) == (1, *out)
-        assert nparams(m) == s.params(a, [tuple(ins[0])])
-        if s.flop_counter_exact:
-            assert flops_macs(m, x) == s.macs(a, [tuple(ins[0])], out)
+    check_examples(name)
+
 
 
 def test_emitted_source_runs_standalone():

@@ -20,6 +20,15 @@ import archdsl
 from archdsl.search.study import FINISHED, run_search
 
 REPO = Path(__file__).resolve().parents[2]
+# A small space of plain CNNs on 8x8 digits (12 points): the multi-process tests put their search section after it.
+CNN_SPACE = """
+model net(width = choice(4, 6, 8), depth = int(1, 2), k = choice(3, 5)) {
+  input img[1, 8, 8]
+  stem: conv(width, k = k) >> relu
+  body: repeat depth { conv(width, k = k) >> relu }
+  head: flatten >> linear(10)
+}
+"""
 S = optuna.trial.TrialState
 
 

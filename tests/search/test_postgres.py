@@ -11,7 +11,7 @@ import uuid
 
 import optuna
 import pytest
-from searchutil import S, cli, cli_process, dominates, finish, write_arch
+from searchutil import CNN_SPACE, S, cli, cli_process, dominates, finish, write_arch
 
 from archdsl.search.study import FINISHED
 
@@ -21,14 +21,7 @@ pytestmark = pytest.mark.skipif(not URL, reason="ARCHDSL_PG_URL is not set (`exp
 
 TRIALS, WORKERS = 8, 2
 
-SPACE = """
-model net(width = choice(4, 6, 8), depth = int(1, 2), k = choice(3, 5)) {
-  input img[1, 8, 8]
-  stem: conv(width, k = k) >> relu
-  body: repeat depth { conv(width, k = k) >> relu }
-  head: flatten >> linear(10)
-}
-
+SPACE = CNN_SPACE + """
 search shared over digits {
   maximize accuracy(epochs = 1)
   minimize params

@@ -14,7 +14,7 @@ import warnings
 
 import optuna
 import pytest
-from searchutil import S, cli_process, finish, load_study, write_arch
+from searchutil import CNN_SPACE, S, cli_process, finish, load_study, write_arch
 
 from archdsl.errors import ArchError
 from archdsl.search.study import FINISHED, heartbeat_timing
@@ -23,14 +23,7 @@ GRACE = 3
 ENV = {"ARCHDSL_HEARTBEAT_GRACE": str(GRACE), "ARCHDSL_HEARTBEAT_INTERVAL": "1"}
 
 # Around a second per trial on two idle cores (several on a busy machine), so that a kill lands inside a trial.
-SPACE = """
-model net(width = choice(4, 6, 8), depth = int(1, 2), k = choice(3, 5)) {
-  input img[1, 8, 8]
-  stem: conv(width, k = k) >> relu
-  body: repeat depth { conv(width, k = k) >> relu }
-  head: flatten >> linear(10)
-}
-
+SPACE = CNN_SPACE + """
 search resume over digits {
   maximize accuracy(epochs = 6)
   trials = 6
