@@ -42,7 +42,7 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
         raise ArchError("the triton backend runs the deploy graph (its kernels are inference-only)",
                         hint="use mode='deploy' with backend='triton', or backend='torch' for training")
     G = source if isinstance(source, nx.DiGraph) else build(source, model, **overrides)
-    from codegen.torch_fx import to_graph_module
+    from codegen.compiled import to_graph_module
 
     module = to_graph_module(G)
     if mode == "deploy":  # Triton's depthwise kernel takes large kernels itself: no FFT swap for it

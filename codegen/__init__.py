@@ -1,1 +1,2 @@
-"""Backends: IR -> torch.fx GraphModule and readable Python source (torch_fx.py, python_source.py)."""
+"""Backends: IR -> torch.fx GraphModule (torch_fx.py), the compiled model (compiled.py) and its deploy form
+(deploy.py), readable Python source (python_source.py), Triton kernels for fused groups (triton/)."""

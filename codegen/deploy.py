@@ -1,4 +1,4 @@
-"""From a (trained) train-mode module to the deploy module: split its state per node, run the pipeline,
+"""From a (trained) train-mode module to the deploy module: split its state per node, run the deploy passes,
 lower the deploy IR and load the converted tensors.
 
     deploy = archdsl.compile("net.arch").deploy()   # after training: BN folded, branches merged, ops fused
@@ -8,20 +8,20 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch import fx
 
-from archdsl.passes.base import flatten_state, split_state
-from archdsl.passes.lower_precision import simulated_notice
 from archdsl.errors import ArchError
+from archdsl.passes.lower_precision import simulated_notice
 from archdsl.passes.pipeline import run_pipeline, selected
+from archdsl.passes.weights import flatten_state, split_state
+from codegen.torch_fx import lower
 
 
-def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
-    """The deploy GraphModule of a compiled train-mode module, its current weights converted (eval mode).
+def deploy_module(module, select=None, disable=(), dump_dir=None, log=None, cls=fx.GraphModule):
+    """The deploy GraphModule (a `cls`) of a compiled train-mode module, its current weights converted (eval mode).
 
     The result carries ``archdsl_ir`` (the deploy IR) and ``pass_results`` (what each pass did / declined).
     """
-    from codegen.torch_fx import to_graph_module
-
     lowered = sorted({d["precision"] for _, d in module.archdsl_ir.nodes(data=True)} - {"fp32"})
     if lowered and "lower_precision" not in [p.__name__ for p in selected(select, disable)]:
         # the other passes work on the op's own fp32 tensors; only lower_precision turns them back into modules
@@ -30,7 +30,7 @@ def deploy_module(module, select=None, disable=(), dump_dir=None, log=None):
     G = module.archdsl_ir.copy()
     weights = unwrap_precision(module, G, split_state(G, module.state_dict()))
     G, weights, results = run_pipeline(G, weights, select, disable, dump_dir, log)
-    out = to_graph_module(G)
+    out = lower(G, cls)
     ref = next((t for t in module.state_dict().values() if t.is_floating_point()), None)
     if ref is not None:  # the dtype too where no region chose its own (a float64 model stays float64)
         out.to(device=ref.device, **({} if G.graph.get("precision_lowered") else {"dtype": ref.dtype}))

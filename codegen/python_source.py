@@ -118,7 +118,7 @@ def emit(G: nx.DiGraph) -> str:
 
 def _holds_floats(G: nx.DiGraph, node: str) -> bool:
     """Whether the node's module has floating tensors (a dtype conversion of anything else is a no-op)."""
-    from archdsl.passes.base import meta_module
+    from archdsl.ir.modules import meta_module
 
     return any(t.is_floating_point() for t in meta_module(G, node).state_dict().values())
 

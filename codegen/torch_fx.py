@@ -1,4 +1,5 @@
-"""Lower the IR to a torch.fx GraphModule.
+"""Lower the IR to a torch.fx GraphModule (codegen/compiled.py makes it a compiled model, codegen/deploy.py its
+deploy form).
 
 Ops with parameters (and every op without a plain-function lowering) become submodules at their IR name
 (``stage2.block3.mixer``), so ``state_dict`` keys follow the hierarchy; merges become ``x + y`` / ``torch.cat``.
@@ -12,15 +13,8 @@ import torch
 from torch import fx, nn
 
 from archdsl.ir.graph import inputs, order, shared_with
+from archdsl.ir.modules import module_for
 from archdsl.ops.registry import get_op
-
-
-def module_for(G: nx.DiGraph, node: str) -> tuple[type, dict]:
-    """(class, literal kwargs) of a node's torch module, from its registry entry."""
-    d = G.nodes[node]
-    spec = get_op(d["op"])
-    ins = [tuple(G.nodes[a]["shape"]) for a in inputs(G, node)]
-    return spec.torch(d["attrs"], ins)
 
 
 def build_modules(G: nx.DiGraph) -> dict[str, nn.Module]:
@@ -108,20 +102,9 @@ def build_graph(G: nx.DiGraph) -> fx.Graph:
     return graph
 
 
-class ArchGraphModule(fx.GraphModule):
-    """A compiled .arch model: a GraphModule that knows its IR (``archdsl_ir``) and can become its deploy form."""
-
-    def deploy(self, select=None, disable=(), dump_dir=None, log=None) -> fx.GraphModule:
-        """The inference module with this module's current (trained) weights converted: the deploy passes
-        (archdsl/passes/pipeline.py: BN folding, re-parameterization, fusion) run on its IR and state_dict.
-        `select` / `disable` name passes; `dump_dir` gets the IR after each pass; `log` gets one line per pass."""
-        from archdsl.passes.deploy import deploy_module
-
-        return deploy_module(self, select=select, disable=disable, dump_dir=dump_dir, log=log)
-
-
-def to_graph_module(G: nx.DiGraph) -> fx.GraphModule:
-    mods = build_modules(G)
-    gm = ArchGraphModule(_hierarchy(mods), build_graph(G), class_name=G.graph.get("name") or "Model")
-    gm.archdsl_ir = G  # the IR it came from: emit, deploy and reports read it
+def lower(G: nx.DiGraph, cls: type = fx.GraphModule) -> fx.GraphModule:
+    """The IR as a `cls` (a GraphModule) with freshly initialised weights; it keeps its IR as ``archdsl_ir``
+    (emit, deploy and reports read it)."""
+    gm = cls(_hierarchy(build_modules(G)), build_graph(G), class_name=G.graph.get("name") or "Model")
+    gm.archdsl_ir = G
     return gm

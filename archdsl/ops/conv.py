@@ -83,7 +83,7 @@ def _conv_attrs():
     )
 
 
-def _conv_facts(a, ins):
+def conv_facts(a, ins):
     """(in_ch, out_ch, groups) for conv-like ops; dwconv/pwconv derive what they leave out."""
     c = ins[0][0]
     out = a.get("out") or c
@@ -105,7 +105,7 @@ def _check_groups(name, c, out, groups, in_shape):
 def conv_shape_rule(name):
     def rule(a, ins):
         need_spatial(name, ins[0])
-        c, out, groups = _conv_facts(a, ins)
+        c, out, groups = conv_facts(a, ins)
         _check_groups(name, c, out, groups, ins[0])
         return conv_shape(name, ins[0], out, a.k, a.stride, a.padding, a.dilation)
 
@@ -113,18 +113,18 @@ def conv_shape_rule(name):
 
 
 def conv_params(a, ins):
-    c, out, groups = _conv_facts(a, ins)
+    c, out, groups = conv_facts(a, ins)
     return out * (c // groups) * math.prod(a.k) + (out if a.bias else 0)
 
 
 def conv_macs(a, ins, out_shape):
     # MACs = output elements x (input channels per group x kernel volume) (the convention of the papers).
-    c, out, groups = _conv_facts(a, ins)
+    c, out, groups = conv_facts(a, ins)
     return numel(out_shape) * (c // groups) * math.prod(a.k)
 
 
 def conv_torch(a, ins):
-    c, out, groups = _conv_facts(a, ins)
+    c, out, groups = conv_facts(a, ins)
     nd = len(ins[0]) - 1
     pads = resolve_padding("conv", a.padding, a.k, a.stride, a.dilation)
     symmetric = all(lo == hi for lo, hi in pads)
@@ -225,6 +225,12 @@ op("pwconv", Attr("out", "int", check=positive), Attr("groups", "int", 1, check=
 
 def linear_shape(a, ins):
     return (a.out, *ins[0][1:])
+
+
+def as_conv(op_name, a, ins):
+    """A conv / dwconv / pwconv call's attrs as a plain conv's (the out / groups / k a dwconv or pwconv leaves
+    out filled in)."""
+    return {"dwconv": _as_dw, "pwconv": _as_pw}.get(op_name, lambda a, ins: a)(a, ins)
 
 
 op("linear", Attr("out", "int", check=positive), Attr("bias", "bool", True),

@@ -8,7 +8,8 @@ only deterministic ones (dropout is gone by now; a random op would hold its gene
 from __future__ import annotations
 
 from archdsl.ir.graph import inputs, order
-from archdsl.passes.base import PassResult, meta_module
+from archdsl.ir.modules import meta_module
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import STRUCTURAL, redirect
 
 COMMUTATIVE = ("add", "mul")  # a + b == b + a exactly in IEEE arithmetic (two operands)

@@ -5,7 +5,7 @@ Runs first, so a dropout between a conv and its BatchNorm does not hide the fold
 from __future__ import annotations
 
 from archdsl.ir.graph import order
-from archdsl.passes.base import PassResult
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import bypass, prune_dead
 
 # op -> when the node is the identity at inference (from its attrs)

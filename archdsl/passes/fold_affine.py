@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from archdsl.ir.graph import inputs, order
-from archdsl.passes.base import LINEAR_OPS, PassResult, float_like, get_wb, set_wb
-from archdsl.passes.kernels import scale_out
+from archdsl.ops.conv_algebra import scale_out
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import bypass, precision_blocker, sole_consumer, users_text
+from archdsl.passes.weights import LINEAR_OPS, float_like, get_wb, set_wb
 
 # op -> its per-output-channel factor (a (C,) tensor or a number), from (attrs, state)
 SCALES = {

@@ -11,9 +11,11 @@ The second rule needs a conv without zero padding (bn(0) = t is not 0) and fires
 from __future__ import annotations
 
 from archdsl.ir.graph import inputs, order
-from archdsl.passes.base import CONV_OPS, LINEAR_OPS, PassResult, conv_geometry, float_like, get_wb, set_wb
-from archdsl.passes.kernels import bn_affine, scale_in, scale_out
+from archdsl.ir.modules import conv_geometry
+from archdsl.ops.conv_algebra import bn_affine, scale_in, scale_out
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import bypass, precision_blocker, set_op, sole_consumer, users_text
+from archdsl.passes.weights import CONV_OPS, LINEAR_OPS, float_like, get_wb, set_wb
 
 
 def _with_bias(G, node):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import torch
 
 from archdsl.ir.graph import inputs, order
-from archdsl.passes.base import PassResult, set_wb
+from archdsl.ir.modules import module_for
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import precision_blocker, set_op
+from archdsl.passes.weights import set_wb
 
 
 def _dcls_conv(a, ins):
@@ -41,8 +43,6 @@ FOLDS = {"dcls": _dcls_conv, "wconv": _wconv_conv}  # op -> attrs of the equival
 
 def fold_kernels(G, weights) -> PassResult:
     """dcls / wconv -> conv with the dense kernel."""
-    from codegen.torch_fx import module_for
-
     res = PassResult()
     for node in order(G):
         d = G.nodes[node]

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from archdsl.ir.graph import inputs, order
+from archdsl.ir.modules import module_for
 from archdsl.ops.fused import class_ref
 from archdsl.ops.registry import get_op
-from archdsl.passes.base import PassResult
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import sole_consumer, users_text, uses
 
 FUSABLE = frozenset((
@@ -39,8 +40,6 @@ class Group:
 
 def _fusable(G, node) -> bool:
     """In FUSABLE and lowered to a module class FusedGroup can build (attention, pooling, mixers are not)."""
-    from codegen.torch_fx import module_for
-
     return G.nodes[node]["op"] in FUSABLE and class_ref(module_for(G, node)[0]) is not None
 
 

@@ -23,7 +23,8 @@ import torch
 
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
-from archdsl.passes.base import PassResult, conv_geometry, meta_module, weight_keys
+from archdsl.ir.modules import conv_geometry, meta_module, weight_keys
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 

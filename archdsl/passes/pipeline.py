@@ -3,7 +3,7 @@
     archdsl compile net.arch --mode deploy -o net.py --dump-ir ir/   # ir/01_eliminate_identities.ir, ...
     archdsl check net.arch --mode deploy --passes fold_bn,group_fusion --json
 
-Each pass is ``pass_name(G, weights) -> PassResult`` (archdsl/passes/base.py), one per module.
+Each pass is ``pass_name(G, weights) -> PassResult`` (archdsl/passes/result.py), one per module.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import networkx as nx
 from archdsl.errors import ArchError, did_you_mean
 from archdsl.ir.printer import dump
 from archdsl.ir.verify import verify
-from archdsl.passes.base import PassResult, check_weights
 from archdsl.passes.cse import cse
 from archdsl.passes.eliminate_identities import eliminate_identities
 from archdsl.passes.fold_affine import fold_affine
@@ -23,7 +22,9 @@ from archdsl.passes.fold_kernels import fold_kernels
 from archdsl.passes.group_fusion import group_fusion
 from archdsl.passes.lower_precision import lower_precision
 from archdsl.passes.reparam_branches import reparam_branches
+from archdsl.passes.result import PassResult
 from archdsl.passes.select_kernels import select_kernels
+from archdsl.passes.weights import check_weights
 
 DEPLOY_PIPELINE = [
     eliminate_identities,  # identity, dropout, droppath -> x; dead nodes go

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from archdsl.ir.graph import inputs, order
-from archdsl.passes.base import CONV_OPS, PassResult, conv_geometry, float_like, get_wb, meta_module, set_wb
-from archdsl.passes.kernels import bn_affine, dilate, identity_kernel, pad_centred, scale_out
+from archdsl.ir.modules import conv_geometry, meta_module
+from archdsl.ops.conv_algebra import bn_affine, dilate, identity_kernel, pad_centred, scale_out
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import precision_blocker, prune_dead, redirect, set_op, sole_consumer
+from archdsl.passes.weights import CONV_OPS, float_like, get_wb, set_wb
 
 
 def _conv_bn(state, conv_key, bn_prefix, eps, size, dilation=None):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from archdsl.ir.graph import inputs, order
 from archdsl.ops.shapes import resolve_padding
-from archdsl.passes.base import PassResult
+from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import set_op
 
 MIN_KERNEL = 15  # below it the NCHW direct kernel is as fast or faster
