@@ -13,12 +13,18 @@ import torch
 
 from archdsl.ir.graph import inputs
 from archdsl.ops.conv import as_conv, conv_facts
-from archdsl.ops.registry import get_op
+from archdsl.ops.registry import OpSpec, get_op
 from archdsl.ops.shapes import resolve_padding
 
 
 def input_shapes(G: nx.DiGraph, node: str) -> list[tuple]:
     return [tuple(G.nodes[a]["shape"]) for a in inputs(G, node)]
+
+
+def spec_of(G: nx.DiGraph, node: str) -> OpSpec | None:
+    """The registration of the node's op; None for the graph's input and output nodes."""
+    op = G.nodes[node]["op"]
+    return None if op in ("input", "output") else get_op(op)
 
 
 def module_for(G: nx.DiGraph, node: str) -> tuple[type, dict]:

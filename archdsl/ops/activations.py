@@ -63,12 +63,13 @@ def _same(a, ins):
     return tuple(ins[0])
 
 
-def _simple(name, cls, formula, doc, aliases=()):
+def _simple(name, cls, formula, doc, aliases=(), **facts):
+    # an elementwise activation: fusable, an epilogue step named after the op in a Triton kernel
     op(name, shape=_same, torch=lambda a, ins: (cls, {}), reference=lambda m, x: formula(x.double()),
-       doc=doc, examples=_SHAPES, aliases=aliases)
+       doc=doc, examples=_SHAPES, aliases=aliases, fusable=True, triton="activation", **facts)
 
 
-_simple("relu", nn.ReLU, _relu, "max(x, 0).")
+_simple("relu", nn.ReLU, _relu, "max(x, 0).", exact_in_any_dtype=True)
 _simple("silu", nn.SiLU, lambda x: x * _sigmoid(x), "x * sigmoid(x) (swish).")
 _simple("sigmoid", nn.Sigmoid, _sigmoid, "1 / (1 + exp(-x)).")
 _simple("tanh", nn.Tanh, lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x)), "tanh(x).")
@@ -78,7 +79,7 @@ _simple("relu2", SquaredReLU, lambda x: _relu(x) ** 2, "Squared ReLU, relu(x)^2.
 
 op("gelu", Attr("approximate", "str", "none", choices=("none", "tanh")),
    shape=_same, torch=lambda a, ins: (nn.GELU, dict(approximate=a.approximate)), reference=_gelu_reference,
-   doc="GELU, exact (erf) or its tanh approximation.",
+   doc="GELU, exact (erf) or its tanh approximation.", fusable=True, triton="gelu",
    examples=(*_SHAPES, ({"approximate": "tanh"}, [(3, 7)])))
 
 op("starrelu",
@@ -88,5 +89,5 @@ op("starrelu",
    params=lambda a, ins: 2 if a.learnable else 0,
    torch=lambda a, ins: (StarReLU, dict(scale=a.scale, bias=a.bias, learnable=a.learnable)),
    reference=lambda m, x: m.scale.double() * _relu(x.double()) ** 2 + m.bias.double(),
-   doc="StarReLU: s * relu(x)^2 + b with scalar s, b (MetaFormer).",
+   doc="StarReLU: s * relu(x)^2 + b with scalar s, b (MetaFormer).", fusable=True, triton="starrelu",
    examples=(({}, [(5,)]), ({"scale": 0.8944, "bias": -0.4472}, [(3, 7)]), ({"learnable": False}, [(2, 5, 3)])))

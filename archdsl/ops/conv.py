@@ -179,10 +179,11 @@ def _product(ks):
 op("conv", *_conv_attrs(),
    shape=conv_shape_rule("conv"), params=conv_params, macs=conv_macs, torch=conv_torch,
    reference=conv_reference, doc="Convolution over 1-3 spatial dims; in-channels come from the input.",
+   fusable=True, triton="conv",
    examples=(({"out": 5, "k": 3}, [(3, 11, 13)]), ({"out": 4, "k": 4, "stride": 2, "padding": 1}, [(2, 9)]),
              ({"out": 6, "k": 3, "groups": 2, "dilation": 2, "bias": False}, [(4, 9, 7)]),
              ({"out": 3, "k": [3, 1, 2], "padding": 0}, [(2, 5, 4, 6)]),
-             ({"out": 3, "k": 4, "padding": "same"}, [(2, 7, 8)])))
+             ({"out": 3, "k": 4, "padding": "same"}, [(2, 7, 8)]), ({"out": 4, "k": 1}, [(3, 6, 5)])))
 
 
 def _dw_facts_attrs():
@@ -204,6 +205,7 @@ op("dwconv", *_dw_facts_attrs(),
    macs=lambda a, ins, o: conv_macs(_as_dw(a, ins), ins, o),
    torch=lambda a, ins: conv_torch(_as_dw(a, ins), ins), reference=conv_reference,
    doc="Depthwise convolution (groups = channels): dwconv(k, stride, padding, dilation, bias, mult).",
+   fusable=True, triton="dwconv",
    examples=(({"k": 7}, [(3, 10, 9)]), ({"k": 5, "dilation": 2, "stride": 2}, [(4, 17)]),
              ({"k": 3, "mult": 2, "bias": False}, [(2, 5, 6)])))
 
@@ -220,7 +222,7 @@ op("pwconv", Attr("out", "int", check=positive), Attr("groups", "int", 1, check=
    params=lambda a, ins: conv_params(_as_pw(a, ins), ins),
    macs=lambda a, ins, o: conv_macs(_as_pw(a, ins), ins, o),
    torch=lambda a, ins: conv_torch(_as_pw(a, ins), ins), reference=conv_reference,
-   doc="Pointwise (1x1) convolution.", examples=(({"out": 7}, [(3, 5, 4)]), ({"out": 4, "groups": 2}, [(6, 9)])))
+   doc="Pointwise (1x1) convolution.", fusable=True, triton="pwconv", examples=(({"out": 7}, [(3, 5, 4)]), ({"out": 4, "groups": 2}, [(6, 9)])))
 
 
 def linear_shape(a, ins):
@@ -241,4 +243,5 @@ op("linear", Attr("out", "int", check=positive), Attr("bias", "bool", True),
    reference=lambda m, x: (torch.einsum("nc...,oc->no...", x.double(), m.weight.double())
                            + (m.bias.double().reshape(-1, *([1] * (x.dim() - 2))) if m.bias is not None else 0)),
    doc="Fully connected layer over the channel axis (a 1x1 conv on images, nn.Linear on vectors).",
+   fusable=True, triton="linear",
    examples=(({"out": 5}, [(7,)]), ({"out": 3, "bias": False}, [(4, 5, 6)]), ({"out": 2}, [(3, 11)])))

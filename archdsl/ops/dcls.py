@@ -25,7 +25,7 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
-from archdsl.ops.registry import Attr, op, positive
+from archdsl.ops.registry import Attr, Fold, op, positive
 from archdsl.ops.shapes import conv_out, need_spatial, numel, resolve_padding
 
 SIGMA_OFFSET = 0.27  # official: sigma = |SIG| + 0.27, SIG initialised to 0.23 -> every element starts at 0.5
@@ -218,6 +218,14 @@ def dcls_reference(m, x):
     return conv_reference(conv, x)
 
 
+def _dcls_as_conv(a, ins):
+    # the dense kernel its positions interpolate to, dilation 1; the default padding k//2 (also for even k)
+    # is written out, since conv's default differs for even k
+    _, out, groups = _facts(a, ins)
+    padding = a.padding if a.padding is not None else tuple(k // 2 for k in a.k)
+    return dict(out=out, k=a.k, stride=a.stride, padding=padding, dilation=1, groups=groups, bias=a.bias)
+
+
 DCLS = op(
     "dcls",
     Attr("k", "ints", check=positive, doc="dilated kernel size (the extent positions may move in)"),
@@ -232,6 +240,7 @@ DCLS = op(
     Attr("share", "str", "", doc="group name: blocks with the same name tie their positions P"),
     shape=dcls_shape, params=dcls_params, macs=dcls_macs, torch=dcls_torch, reference=dcls_reference,
     shared_params=dcls_shareable_params, category="mixer", spatial_dims=(1, 2, 3),
+    fold=Fold("fold_kernels", _dcls_as_conv, lambda m: (m.kernel(), m.bias)),
     doc="Dilated convolution with learnable spacings: count weights per kernel at learnable positions in a "
         "k-sized dilated kernel, interpolated onto the grid (bilinear or Gaussian), then a dense conv.",
     examples=(({"k": 5, "count": 3}, [(3, 9, 7)]),

@@ -73,10 +73,13 @@ def _ref_fold(f):
 
 op("add", shape=_same("add"), torch=lambda a, ins: (Add, {}), arity=-1, function=operator.add,
    reference=_ref_fold(operator.add), doc="Sum of tensors of one shape (residuals, parallel(sum)).",
+   fusable=True, triton="binary",
    examples=(({}, [(3, 5, 4), (3, 5, 4)]), ({}, [(2, 7), (2, 7), (2, 7)])))
 op("mul", shape=_broadcast, torch=lambda a, ins: (Mul, {}), arity=-1, function=operator.mul,
    reference=_ref_fold(operator.mul), doc="Elementwise product, broadcasting size-1 dims (gating).",
+   fusable=True, triton="binary",
    examples=(({}, [(3, 5, 4), (3, 1, 1)]), ({}, [(2, 7), (2, 7)])))
 op("concat", shape=_concat, torch=lambda a, ins: (Concat, {}), arity=-1, function=torch.cat,
    reference=lambda m, *xs: torch.stack([y for x in xs for y in x.double().unbind(1)], 1),
-   doc="Concatenation along channels.", examples=(({}, [(3, 5, 4), (2, 5, 4)]), ({}, [(1, 7), (4, 7)])))
+   doc="Concatenation along channels.", exact_in_any_dtype=True,
+   triton_declined="concat changes the channel count mid-chain; no epilogue step for it", examples=(({}, [(3, 5, 4), (2, 5, 4)]), ({}, [(1, 7), (4, 7)])))

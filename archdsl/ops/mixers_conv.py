@@ -15,7 +15,8 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
-from archdsl.ops.registry import Attr, op, positive
+from archdsl.ops.conv_algebra import bn_affine, dilate, pad_centred, scale_out
+from archdsl.ops.registry import Attr, Fold, op, positive
 from archdsl.ops.shapes import conv_shape, need_spatial, numel, resolve_padding
 
 
@@ -154,6 +155,10 @@ op("wconv",
    # Same MACs as the plain conv: out_numel * in/groups * prod(k); weight * Phi is elementwise, per call.
    macs=lambda a, ins, out: numel(out) * (ins[0][0] // a.groups) * math.prod(a.k),
    torch=wconv_torch, reference=wconv_reference, category="mixer", spatial_dims=(1, 2, 3),
+   # at deploy: conv(k) with weight * Phi as its kernel (the fixed density folded in)
+   fold=Fold("fold_kernels", lambda a, ins: dict(out=a.out, k=a.k, stride=a.stride, padding=a.padding,
+                                                 dilation=a.dilation, groups=a.groups, bias=a.bias),
+             lambda m: (m.weight * m.Phi, m.bias)),
    doc="Optimal weighted convolution: a conv whose kernel is scaled by a fixed separable spatial density.",
    examples=(({"out": 4, "k": 3, "density": [0.7]}, [(3, 9, 7)]),
              ({"out": 3, "k": 5, "density": [0.2, 0.8], "bias": True, "stride": 2}, [(2, 13)]),
@@ -224,6 +229,25 @@ def _branch_reference(seq, x):
     return bn_reference(seq.bn, conv_reference(seq.conv, x))
 
 
+def conv_bn_kernel(conv, bn, size, dilation=None):
+    """A bias-free conv + eval BN branch as (kernel zero-padded to `size`, centred; bias), in float64."""
+    w = conv.weight.double()
+    if dilation is not None:
+        w = dilate(w, dilation)
+    s, t = bn_affine(bn.state_dict(), bn.eps)
+    w, b = scale_out(w, None, s, t)
+    return pad_centred(w, size), b
+
+
+def replk_kernel(m):
+    # lkb_origin (conv k + bn) + small_conv (conv small + bn) -> one depthwise conv k with bias
+    w, b = conv_bn_kernel(m.lkb_origin.conv, m.lkb_origin.bn, m.kernel_size)
+    if hasattr(m, "small_conv"):
+        ws, bs = conv_bn_kernel(m.small_conv.conv, m.small_conv.bn, m.kernel_size)
+        w, b = w + ws, b + bs
+    return w, b
+
+
 def replk_reference(m, x):
     y = _branch_reference(m.lkb_origin, x)
     if hasattr(m, "small_conv"):
@@ -240,6 +264,9 @@ op("replk",
    torch=lambda a, ins: (RepLKConv, dict(channels=ins[0][0], kernel_size=tuple(a.k), small_kernel=_small(a),
                                          stride=tuple(a.stride))),
    reference=replk_reference, category="mixer", spatial_dims=(1, 2, 3),
+   fold=Fold("reparam_branches", lambda a, ins: dict(out=ins[0][0], k=a.k, stride=a.stride,
+                                                     padding=tuple(k // 2 for k in a.k), groups=ins[0][0], bias=True),
+             replk_kernel),
    doc="RepLKNet re-parameterisable large-kernel depthwise conv (train-time form: k and small branches + BN).",
    examples=(({"k": 9, "small": 3}, [(3, 11, 10)]), ({"k": 13, "stride": 2}, [(4, 15)]),
              ({"k": [7, 5], "small": 3, "stride": [2, 1]}, [(2, 9, 6)])))
@@ -336,6 +363,16 @@ def dilreparam_torch(a, ins):
                                     ndim=len(ins[0]) - 1)
 
 
+def dilreparam_kernel(m):
+    # lk_origin + origin_bn + sum over (k_i, r_i) of dil_conv_k{k}_{r} + dil_bn_k{k}_{r} -> one depthwise conv k
+    size, nd = m.lk_origin.kernel_size, len(m.lk_origin.kernel_size)
+    w, b = conv_bn_kernel(m.lk_origin, m.origin_bn, size)
+    for k, r in zip(m.kernel_sizes, m.dilates):
+        wi, bi = conv_bn_kernel(getattr(m, f"dil_conv_k{k}_{r}"), getattr(m, f"dil_bn_k{k}_{r}"), size, (r,) * nd)
+        w, b = w + wi, b + bi
+    return w, b
+
+
 def dilreparam_reference(m, x):
     y = bn_reference(m.origin_bn, conv_reference(m.lk_origin, x))
     for k, r in zip(m.kernel_sizes, m.dilates):
@@ -349,6 +386,8 @@ op("dilreparam",
    Attr("dilations", "any", None, doc="branch dilations, one per kernel"),
    shape=dilreparam_shape, params=dilreparam_params, macs=dilreparam_macs, torch=dilreparam_torch,
    reference=dilreparam_reference, category="mixer", spatial_dims=(1, 2, 3),
+   fold=Fold("reparam_branches", lambda a, ins: dict(out=ins[0][0], k=a.k, groups=ins[0][0], bias=True),
+             dilreparam_kernel),
    doc="UniRepLKNet dilated reparam block (train-time form): large dw kernel + dilated small dw kernels, + BN.",
    examples=(({"k": 7}, [(3, 9, 8)]), ({"k": 13}, [(2, 17)]),
              ({"k": 9, "kernels": [3, 5], "dilations": [4, 1]}, [(2, 7, 11)])))

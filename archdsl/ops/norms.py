@@ -109,7 +109,9 @@ op("bn",
    torch=lambda a, ins: (_BN[len(ins[0]) - 1],
                          dict(num_features=ins[0][0], eps=a.eps, momentum=a.momentum, affine=a.affine)),
    reference=_bn_reference,
-   doc="BatchNorm over the channel axis (BatchNorm1d for (C,) and (C, L), 2d, 3d).",
+   doc="BatchNorm over the channel axis (BatchNorm1d for (C,) and (C, L), 2d, 3d).", fusable=True,
+   triton_declined="an eval BatchNorm is folded into the preceding conv by the fold pass; a training one needs "
+                   "batch statistics (a reduction over N and positions)",
    examples=(({}, [(3,)]), ({"eps": 1e-3, "momentum": 0.3}, [(4, 7)]), ({}, [(3, 5, 7)]),
              ({"affine": False}, [(2, 3, 5, 3)])))
 
@@ -129,6 +131,7 @@ op("ln",
    torch=lambda a, ins: (ChannelLayerNorm, dict(normalized_shape=ins[0][0], eps=a.eps, bias=a.bias)),
    reference=_ln_reference, aliases=("ln2d",),
    doc="LayerNorm over the channel axis at every position (channels-first LN; plain LN on (C,)).",
+   fusable=True, triton="norm",
    examples=(({}, [(5,)]), ({"bias": False}, [(4, 7)]), ({"eps": 1e-6}, [(3, 5, 7)])))
 
 
@@ -156,7 +159,8 @@ op("lnchw",
    shape=_same,
    params=lambda a, ins: ins[0][0] * (2 if a.bias else 1),
    torch=_lnchw_torch, reference=_gn_reference,
-   doc="LayerNorm over all of (C, H, W) jointly with a per-channel affine, i.e. GroupNorm(1, C).",
+   doc="LayerNorm over all of (C, H, W) jointly with a per-channel affine, i.e. GroupNorm(1, C).", fusable=True,
+   triton_declined="lnchw normalizes over (C, H, W) jointly (a two-pass reduction over the whole map); no kernel",
    examples=(({}, [(5,)]), ({}, [(3, 7)]), ({"bias": False}, [(3, 5, 7)])))
 
 
@@ -177,7 +181,8 @@ op("gn",
    torch=lambda a, ins: (nn.GroupNorm, dict(num_groups=a.groups, num_channels=ins[0][0], eps=a.eps,
                                             affine=a.affine)),
    reference=_gn_reference,
-   doc="GroupNorm(groups, C).",
+   doc="GroupNorm(groups, C).", fusable=True,
+   triton_declined="GroupNorm reduces over channel groups and all positions (a two-pass reduction); no kernel",
    examples=(({"groups": 2}, [(4,)]), ({"groups": 3}, [(6, 7)]), ({"groups": 2, "affine": False}, [(4, 5, 3)]),
              ({"groups": 1}, [(3, 5, 7)])))
 
@@ -196,5 +201,6 @@ op("rmsnorm",
    params=lambda a, ins: ins[0][0],
    torch=lambda a, ins: (ChannelRMSNorm, dict(normalized_shape=ins[0][0], eps=a.eps)),
    reference=_rms_reference,
-   doc="RMSNorm over the channel axis at every position, with a per-channel scale.",
+   doc="RMSNorm over the channel axis at every position, with a per-channel scale.", fusable=True,
+   triton="norm",
    examples=(({}, [(5,)]), ({"eps": 1e-5}, [(3, 7)]), ({}, [(4, 5, 3)])))

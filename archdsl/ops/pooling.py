@@ -119,7 +119,7 @@ op("avgpool", *_pool_attrs(),
 op("maxpool", *_pool_attrs(),
    shape=_pool_shape("maxpool"), torch=_pool_torch(_MAX), reference=_max_reference,
    spatial_dims=(1, 2, 3), min_input_rank=2,
-   doc="Max pooling over 1-3 spatial dims.",
+   doc="Max pooling over 1-3 spatial dims.", exact_in_any_dtype=True,
    examples=(({"k": 3, "stride": 2, "padding": 1}, [(3, 9, 8)]), ({"k": 2}, [(2, 7)]),
              ({"k": [2, 3]}, [(2, 5, 7)])))
 
@@ -162,4 +162,4 @@ op("gap", shape=_global_shape("gap"), torch=lambda a, ins: (GlobalAvgPool, {}), 
 
 op("gmp", shape=_global_shape("gmp"), torch=lambda a, ins: (GlobalMaxPool, {}), reference=_gmp_reference,
    spatial_dims=(1, 2, 3), min_input_rank=2, examples=_GLOBAL_EXAMPLES,
-   doc="Global max pool over all positions: (C, ...) -> (C,).")
+   doc="Global max pool over all positions: (C, ...) -> (C,).", exact_in_any_dtype=True)

@@ -2,9 +2,11 @@
 
 An op is called by name from an .arch file (``dwconv(7)``, ``linear(4 * dim)``, ``gelu``). Its OpSpec says
 which attributes it takes (types, defaults, checks), how its output shape follows from its input shapes,
-how many parameters and MACs it has, which torch module implements it, and an independent reference that
-tests compare the module against. Tests parametrize over ``all_ops()``, so a new op gets shape, cost and
-numeric tests by being registered. Adding an op never touches the grammar.
+how many parameters and MACs it has, which torch module implements it, an independent reference that
+tests compare the module against, and what the back ends need to know: whether it fuses, whether it is exact in
+any dtype, how it folds into a conv at deploy, which Triton rule lowers it. Tests parametrize over
+``all_ops()``, so a new op gets shape, cost, numeric and back-end tests by being registered. Adding an op never
+touches the grammar.
 
 Shapes never include the batch: an image is ``(C, H, W)``, a sequence ``(C, L)``, a feature vector ``(C,)``.
 """
@@ -45,6 +47,19 @@ class Attrs(dict):
             raise AttributeError(name) from None
 
 
+@dataclass(frozen=True)
+class Fold:
+    """How an op becomes a plain `conv` at deploy, exactly: its train-time structure folded into one kernel.
+
+    The deploy pass named by `by` applies it: ``"fold_kernels"`` for a kernel computed from parameters (dcls,
+    wconv), ``"reparam_branches"`` for parallel conv + BN branches summed (replk, dilreparam).
+    """
+
+    by: str
+    conv: Callable[[Attrs, list], dict]  # (attrs, input shapes) -> the attrs of the equivalent conv
+    kernel: Callable  # the op's trained module, in float64 and eval mode -> (kernel, bias or None) of that conv
+
+
 @dataclass
 class OpSpec:
     name: str
@@ -69,6 +84,12 @@ class OpSpec:
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
     min_input_rank: int = 1
+    # Back-end facts: the passes and the Triton planner read them here (tests check each against behaviour).
+    fusable: bool = False  # group_fusion may chain it with its producer and reader into one fused call
+    exact_in_any_dtype: bool = False  # its result holds only values of its inputs: bf16 and fp32 agree exactly
+    fold: Fold | None = None  # at deploy it becomes a plain conv (see Fold)
+    triton: str | None = None  # its rule as a member of a fused group in codegen/triton/plan.py (RULES)
+    triton_declined: str = ""  # why it has no Triton rule, for the planner's refusal
 
     def bind(self, args: Sequence, kwargs: dict, ins: list[Shape]) -> Attrs:
         """Check a call's arguments against the declared attributes; return the validated Attrs.

@@ -88,7 +88,7 @@ def _identity_reference(m, x):
 _ANY_RANK = (({}, [(5,)]), ({}, [(3, 7)]), ({}, [(4, 5, 3)]))
 
 op("identity", shape=_same, torch=lambda a, ins: (nn.Identity, {}), reference=_identity_reference,
-   doc="Pass the input through.", examples=_ANY_RANK)
+   doc="Pass the input through.", examples=_ANY_RANK, exact_in_any_dtype=True, triton="no_op")
 
 
 def _scale_reference(m, x):
@@ -101,17 +101,18 @@ for _name, _init, _doc in (("layerscale", 1e-5, "Per-channel learnable scale gam
     op(_name, Attr("init", "float", _init),
        shape=_same, params=lambda a, ins: ins[0][0],
        torch=lambda a, ins: (ChannelScale, dict(dim=ins[0][0], init=a.init)),
-       reference=_scale_reference, doc=_doc,
+       reference=_scale_reference, doc=_doc, fusable=True, triton="channel_scale",
        examples=(({}, [(5,)]), ({"init": 0.5}, [(3, 7)]), ({}, [(4, 5, 3)])))
 
 op("scale", Attr("value", "float"),
    shape=_same, torch=lambda a, ins: (ConstScale, dict(value=a.value)),
    reference=lambda m, x: x.double() * m.value, doc="Multiply by a constant (no parameters).",
+   fusable=True, triton="const_scale",
    examples=(({"value": 0.5}, [(5,)]), ({"value": -2.0}, [(3, 7)]), ({"value": 3}, [(4, 5, 3)])))
 
 op("flatten", shape=lambda a, ins: (numel(ins[0]),), torch=lambda a, ins: (nn.Flatten, dict(start_dim=1)),
    reference=lambda m, x: torch.stack([s.double().reshape(-1) for s in x]),
-   doc="Flatten each sample to a vector (C * H * W,).", examples=_ANY_RANK)
+   doc="Flatten each sample to a vector (C * H * W,).", examples=_ANY_RANK, exact_in_any_dtype=True)
 
 
 # ---- reshape / permute ---------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ def _reshape_target(a, ins):
 op("reshape", Attr("shape", "any", check=_int_list("integers"), doc="new per-sample shape; one entry may be -1"),
    shape=_reshape_target, torch=lambda a, ins: (Reshape, dict(shape=_reshape_target(a, ins))),
    reference=lambda m, x: torch.stack([s.double().flatten().reshape(m.shape) for s in x]),
-   doc="Reshape each sample (the element count must stay the same).",
+   doc="Reshape each sample (the element count must stay the same).", exact_in_any_dtype=True,
    examples=(({"shape": [5, 21]}, [(3, 5, 7)]), ({"shape": [3, -1]}, [(6, 5)]), ({"shape": [7, 1, 3]}, [(21,)])))
 
 
@@ -167,6 +168,7 @@ def _permute_reference(m, x):
 op("permute", Attr("dims", "any", check=_int_list("axis numbers"), doc="a permutation of the non-batch axes"),
    shape=_permute_shape, torch=lambda a, ins: (Permute, dict(dims=tuple(a.dims))), reference=_permute_reference,
    doc="Permute the axes of each sample, e.g. permute([1, 2, 0]) turns (C, H, W) into (H, W, C).",
+   exact_in_any_dtype=True,
    examples=(({"dims": [1, 2, 0]}, [(3, 5, 7)]), ({"dims": [1, 0]}, [(4, 9)]), ({"dims": [0]}, [(5,)])))
 
 
@@ -174,12 +176,13 @@ op("permute", Attr("dims", "any", check=_int_list("axis numbers"), doc="a permut
 
 op("dropout", Attr("p", "float", check=probability),
    shape=_same, torch=lambda a, ins: (nn.Dropout, dict(p=a.p)), reference=_identity_reference,
-   doc="Elementwise dropout (identity in eval).",
+   doc="Elementwise dropout (identity in eval).", triton="no_op",
    examples=(({"p": 0.1}, [(5,)]), ({"p": 0.5}, [(3, 7)]), ({"p": 0.0}, [(4, 5, 3)])))
 
 op("droppath", Attr("p", "float", check=probability),
    shape=_same, torch=lambda a, ins: (DropPath, dict(p=a.p)), reference=_identity_reference,
    doc="Stochastic depth: drop whole samples of a residual branch in training (identity in eval).",
+   triton="no_op",
    examples=(({"p": 0.1}, [(5,)]), ({"p": 0.5}, [(3, 7)]), ({"p": 0.2}, [(4, 5, 3)])))
 
 

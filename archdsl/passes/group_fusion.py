@@ -1,7 +1,7 @@
 """group_fusion: maximal producer -> consumer chains become `fused` nodes, each run as one call.
 
-A group is a chain of fusable ops (conv / linear / norm with their bias, activations, BN left over, layer and
-residual scales, residual adds, gating muls) in which every member reads the one before it and is its only
+A group is a chain of fusable ops (``OpSpec.fusable``: conv / linear / norm with their bias, activations, BN
+left over, layer and residual scales, residual adds, gating muls) in which every member reads the one before it and is its only
 reader; add / mul take their other operands as extra group inputs. Whole blocks become one group: the
 ConvNeXt block dwconv >> ln >> linear >> gelu >> linear >> add is one chain, which a backend may split into
 kernels (codegen/triton plans a group's stages). A group ends where the next op cannot continue it; the fused
@@ -18,19 +18,11 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from archdsl.ir.graph import inputs, order
-from archdsl.ir.modules import module_for
+from archdsl.ir.modules import module_for, spec_of
 from archdsl.ops.fused import class_ref
 from archdsl.ops.registry import get_op
 from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import sole_consumer, users_text, uses
-
-FUSABLE = frozenset((
-    "conv", "dwconv", "pwconv", "linear",                                        # producers (with bias)
-    "ln", "lnchw", "gn", "rmsnorm", "bn",                                         # norms
-    "relu", "relu2", "gelu", "silu", "sigmoid", "tanh", "hardswish", "starrelu",  # activations
-    "layerscale", "resscale", "scale", "add", "mul",                              # scales, residuals, gates
-))
-
 
 @dataclass
 class Group:
@@ -39,8 +31,9 @@ class Group:
 
 
 def _fusable(G, node) -> bool:
-    """In FUSABLE and lowered to a module class FusedGroup can build (attention, pooling, mixers are not)."""
-    return G.nodes[node]["op"] in FUSABLE and class_ref(module_for(G, node)[0]) is not None
+    """Registered as fusable (OpSpec.fusable) and lowered to a module class FusedGroup can build."""
+    spec = spec_of(G, node)
+    return spec is not None and spec.fusable and class_ref(module_for(G, node)[0]) is not None
 
 
 def _same_kind(G, a, b) -> bool:

@@ -23,14 +23,12 @@ import torch
 
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
-from archdsl.ir.modules import conv_geometry, meta_module, weight_keys
+from archdsl.ir.modules import conv_geometry, meta_module, spec_of, weight_keys
 from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
 UNKNOWN = "unknown"  # act_qparams before weights are known (`check --mode deploy`): assume it observed data
-# ops whose result holds only values of their input: computed in bf16 or in fp32 then cast, they agree exactly
-EXACT_IN_ANY_DTYPE = frozenset(("maxpool", "gmp", "flatten", "reshape", "permute", "identity", "relu", "concat"))
 
 
 def _scheme(precision: str) -> str:
@@ -141,8 +139,8 @@ def _follow_input_dtype(G, res) -> None:
     """An fp32 op that only moves or selects values (flatten, max-pool, relu, ...) gives the same numbers in
     any dtype, so it runs in its inputs' dtype: a bf16 -> maxpool -> bf16 stretch then needs no cast at all."""
     for node in order(G):
-        d = G.nodes[node]
-        if d["op"] not in EXACT_IN_ANY_DTYPE or d["precision"] != "fp32":
+        d, spec = G.nodes[node], spec_of(G, node)
+        if spec is None or not spec.exact_in_any_dtype or d["precision"] != "fp32":
             continue
         dtypes = {_dtype(G, src) for src in inputs(G, node)}
         if len(dtypes) == 1 and dtypes != {"float32"}:

@@ -8,6 +8,9 @@ branch is a centred 1. Eval-mode BN statistics make it exact.
     replk(k, small)                         -> conv(k, groups=C, bias)   official ReparamLargeKernelConv
     dilreparam(k, kernels, dilations)       -> conv(k, groups=C, bias)   official DilatedReparamBlock
     add(conv_i(x) [>> bn_i] ..., [bn](x))   -> conv(K, bias)             any .arch: merged where exact
+
+Mixers that are such a sum inside one module say so on their registration (``OpSpec.fold``, by
+"reparam_branches"), with the rule that merges their branches.
 """
 from __future__ import annotations
 
@@ -18,54 +21,12 @@ from dataclasses import dataclass
 import torch
 
 from archdsl.ir.graph import inputs, order
-from archdsl.ir.modules import conv_geometry, meta_module
+from archdsl.ir.modules import conv_geometry
 from archdsl.ops.conv_algebra import bn_affine, dilate, identity_kernel, pad_centred, scale_out
 from archdsl.passes.result import PassResult
+from archdsl.passes.fold_kernels import fold_node, folds_by
 from archdsl.passes.rewrite import precision_blocker, prune_dead, redirect, set_op, sole_consumer
 from archdsl.passes.weights import CONV_OPS, float_like, get_wb, set_wb
-
-
-def _conv_bn(state, conv_key, bn_prefix, eps, size, dilation=None):
-    """A bias-free conv + BN branch of a mixer's state as (kernel padded to `size`, bias)."""
-    w = state[conv_key].double()
-    if dilation is not None:
-        w = dilate(w, dilation)
-    s, t = bn_affine(state, eps, bn_prefix)
-    w, b = scale_out(w, None, s, t)
-    return pad_centred(w, size), b
-
-
-def _replk(G, node, state):
-    # lkb_origin (conv k + bn) + small_conv (conv small + bn) -> one depthwise conv k with bias
-    a, c = G.nodes[node]["attrs"], G.nodes[node]["shape"][0]
-    attrs = dict(out=c, k=a.k, stride=a.stride, padding=tuple(k // 2 for k in a.k), groups=c, bias=True)
-    if state is None:
-        return attrs, None, None
-    eps = meta_module(G, node).lkb_origin.bn.eps
-    w, b = _conv_bn(state, "lkb_origin.conv.weight", "lkb_origin.bn.", eps, a.k)
-    if "small_conv.conv.weight" in state:
-        ws, bs = _conv_bn(state, "small_conv.conv.weight", "small_conv.bn.", eps, a.k)
-        w, b = w + ws, b + bs
-    return attrs, w, b
-
-
-def _dilreparam(G, node, state):
-    # lk_origin + origin_bn + sum over (k_i, r_i) of dil_conv_k{k}_{r} + dil_bn_k{k}_{r} -> one depthwise conv k
-    a, shape = G.nodes[node]["attrs"], G.nodes[node]["shape"]
-    c, nd = shape[0], len(shape) - 1
-    attrs = dict(out=c, k=a.k, groups=c, bias=True)
-    if state is None:
-        return attrs, None, None
-    m = meta_module(G, node)
-    size = (a.k,) * nd
-    w, b = _conv_bn(state, "lk_origin.weight", "origin_bn.", m.origin_bn.eps, size)
-    for k, r in zip(m.kernel_sizes, m.dilates):
-        wi, bi = _conv_bn(state, f"dil_conv_k{k}_{r}.weight", f"dil_bn_k{k}_{r}.", m.origin_bn.eps, size, (r,) * nd)
-        w, b = w + wi, b + bi
-    return attrs, w, b
-
-
-MIXERS = {"replk": _replk, "dilreparam": _dilreparam}  # op -> (conv attrs, kernel, bias)
 
 
 # ---- add(branches of x) ---------------------------------------------------------------------------------
@@ -202,15 +163,10 @@ def reparam_branches(G, weights) -> PassResult:
         if node not in G:
             continue
         op = G.nodes[node]["op"]
-        if op in MIXERS and precision_blocker(G, node):
+        if folds_by(G, node, "reparam_branches") and precision_blocker(G, node):
             res.decline(node, precision_blocker(G, node))
-        elif op in MIXERS:
-            state = weights[node] if weights is not None else None
-            like = float_like(state) if state else None
-            attrs, w, b = MIXERS[op](G, node, state)
-            set_op(G, node, "conv", attrs)
-            if weights is not None:
-                set_wb(G, weights, node, w, b, like)
+        elif folds_by(G, node, "reparam_branches"):
+            fold_node(G, weights, node)
             res.changed.append(f"{node}: {op} -> conv (k={list(G.nodes[node]['attrs'].k)}, depthwise, BN folded)")
         elif op == "add":
             _merge_sum(G, weights, node, res)

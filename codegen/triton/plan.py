@@ -2,8 +2,8 @@
 
 A group is a chain: member 0 reads the group's input 0, every later member reads the previous member's result
 (plus, for add / mul, further group inputs). Each member is validated by its op registry entry (attrs, shape),
-then turned into an action by a table (MEMBER_RULES): a producer starts a stage (dwconv, linear, norm), an
-elementwise op becomes an epilogue step of the current stage. Then rewrite rules merge stages where one kernel
+then turned into an action by the rule its registration names (OpSpec.triton, one of RULES here): a producer
+starts a stage (dwconv, linear, norm), an elementwise op becomes an epilogue step of the current stage. Then rewrite rules merge stages where one kernel
 does both (REWRITES):
 
     dwconv [bias]            -> ln / rmsnorm            : dwconv with the norm fused    (when C <= 1024)
@@ -228,10 +228,8 @@ def _norm(pl, i, m, a, ins, out):
     st.params.update(params)
 
 
-def _act(name):
-    def rule(pl, i, m, a, ins, out):
-        pl.step(i, name)
-    return rule
+def _activation(pl, i, m, a, ins, out):  # an epilogue step named after the op (relu, silu, ...)
+    pl.step(i, m.op)
 
 
 def _gelu(pl, i, m, a, ins, out):
@@ -265,23 +263,22 @@ def _nothing(pl, i, m, a, ins, out):  # identity, and dropout / droppath in infe
     pass
 
 
-MEMBER_RULES = {
-    "dwconv": _dw, "conv": _conv, "pwconv": _pwconv, "linear": _linear,
-    "ln": _norm, "rmsnorm": _norm,
-    "relu": _act("relu"), "relu2": _act("relu2"), "silu": _act("silu"), "sigmoid": _act("sigmoid"),
-    "tanh": _act("tanh"), "hardswish": _act("hardswish"), "gelu": _gelu, "starrelu": _starrelu,
-    "layerscale": _channel_scale, "resscale": _channel_scale, "scale": _const_scale, "bias": _bias,
-    "add": _binary, "mul": _binary,
-    "identity": _nothing, "dropout": _nothing, "droppath": _nothing,
+# An op names its rule on its registration (OpSpec.triton), or says why it has none (OpSpec.triton_declined).
+RULES = {
+    "dwconv": _dw, "conv": _conv, "pwconv": _pwconv, "linear": _linear, "norm": _norm,
+    "activation": _activation, "gelu": _gelu, "starrelu": _starrelu,
+    "channel_scale": _channel_scale, "const_scale": _const_scale, "binary": _binary, "no_op": _nothing,
 }
 
-DECLINED = {
-    "bn": "an eval BatchNorm is folded into the preceding conv by the fold pass; a training one needs batch "
-          "statistics (a reduction over N and positions)",
-    "gn": "GroupNorm reduces over channel groups and all positions (a two-pass reduction); no kernel",
-    "lnchw": "lnchw normalizes over (C, H, W) jointly (a two-pass reduction over the whole map); no kernel",
-    "concat": "concat changes the channel count mid-chain; no epilogue step for it",
-}
+
+def member_rule(op: str):
+    """(the rule lowering a member of this op, None) or (None, why it has none)."""
+    if op == "bias":  # a bias add of its own, not a registered op
+        return _bias, None
+    spec = get_op(op)
+    if spec.triton is None:
+        return None, spec.triton_declined or "no Triton lowering for this op"
+    return RULES[spec.triton], None
 
 
 # ---- rewrites over stages ---------------------------------------------------------------------------------
@@ -350,9 +347,8 @@ def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[S
     for i, m in enumerate(members):
         ins = [pl.shape] + [pl.inputs[j] for j in m.inputs]
         op, attrs, out = bind(m, i, ins)
-        rule = MEMBER_RULES.get(op)
+        rule, why = member_rule(op)
         if rule is None:
-            why = DECLINED.get(op, "no Triton lowering for this op")
             raise NotLowerable(f"member {i} ({m.op}): {why}")
         members[i] = m = replace(m, op=op)  # canonical name (ln2d -> ln, squared_relu -> relu2)
         rule(pl, i, m, attrs, ins, out)
@@ -365,14 +361,13 @@ def plan(members, shapes, precision: str = "fp32") -> tuple[list[Member], list[S
 
 # ---- splitting a group: torch members and Triton runs -----------------------------------------------------
 
-NO_WORK = frozenset(("identity", "dropout", "droppath"))  # inference no-ops: a run of only these computes nothing
 
 
 def member_verdict(i: int, m: Member, attrs, ins, out) -> str | None:
     """None when member i has a kernel of its own (its rule accepts it on a scratch planner), else why not."""
-    rule = MEMBER_RULES.get(m.op)
+    rule, why = member_rule(m.op)
     if rule is None:
-        return f"member {i} ({m.op}): {DECLINED.get(m.op, 'no Triton lowering for this op')}"
+        return f"member {i} ({m.op}): {why}"
     try:
         rule(Planner([ins[0]]), i, m, attrs, ins, out)
     except NotLowerable as e:
@@ -415,7 +410,7 @@ def plan_split(members, shapes, precision: str = "fp32") -> tuple[list[Member], 
             j += 1
         if verdicts[i] is not None:
             segments.append(Segment(list(range(i, j)), None, {k: verdicts[k] for k in range(i, j)}))
-        elif all(members[k].op in NO_WORK for k in range(i, j)):  # a kernel here would only copy
+        elif all(member_rule(members[k].op)[0] is _nothing for k in range(i, j)):  # a kernel would only copy
             segments.append(Segment(list(range(i, j)), None, {k: f"member {k} ({members[k].op}): nothing to "
                                                               "compute in inference" for k in range(i, j)}))
         else:
