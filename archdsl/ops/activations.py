@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archdsl.ops.references import ref_sigmoid
 from archdsl.ops.registry import Attr, op
 
 
@@ -41,12 +42,18 @@ class SquaredReLU(nn.Module):
         return F.relu(x) ** 2
 
 
+# Blocks that take their activation as an attribute (`act = "silu"`) choose among these. (Their module classes
+# spell the table out: emitted Python copies a class's source, which may name only torch.)
+BLOCK_ACTS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+def act_name(module) -> str:
+    """The BLOCK_ACTS name of an activation module."""
+    return next(name for name, cls in BLOCK_ACTS.items() if type(module) is cls)
+
+
 def _relu(x):
     return x * (x > 0)
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + torch.exp(-x))
 
 
 def _gelu_reference(m, x):
@@ -70,8 +77,8 @@ def _simple(name, cls, formula, doc, aliases=(), **facts):
 
 
 _simple("relu", nn.ReLU, _relu, "max(x, 0).", exact_in_any_dtype=True)
-_simple("silu", nn.SiLU, lambda x: x * _sigmoid(x), "x * sigmoid(x) (swish).")
-_simple("sigmoid", nn.Sigmoid, _sigmoid, "1 / (1 + exp(-x)).")
+_simple("silu", nn.SiLU, lambda x: x * ref_sigmoid(x), "x * sigmoid(x) (swish).")
+_simple("sigmoid", nn.Sigmoid, ref_sigmoid, "1 / (1 + exp(-x)).")
 _simple("tanh", nn.Tanh, lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x)), "tanh(x).")
 _simple("hardswish", nn.Hardswish, lambda x: x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0,
         "x * relu6(x + 3) / 6 (MobileNetV3).")

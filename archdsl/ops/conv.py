@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from archdsl.errors import ArchError
+from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, op, positive
 from archdsl.ops.shapes import conv_shape, need_spatial, numel, resolve_padding
 
@@ -157,7 +158,7 @@ def conv_reference(module, x):
     y = torch.zeros(n, o, *out_sizes, dtype=torch.float64)
     xg = x.reshape(n, g, c // g, *x.shape[2:])
     wg = w.reshape(g, o // g, c // g, *k)
-    for offset in _product(k):
+    for offset in kernel_offsets(k):
         sl = tuple(slice(offset[i] * d[i], offset[i] * d[i] + s[i] * (out_sizes[i] - 1) + 1, s[i]) for i in range(nd))
         patch = xg[(slice(None), slice(None), slice(None)) + sl]  # n, g, c/g, *out
         wk = wg[(slice(None), slice(None), slice(None)) + tuple(offset)]  # g, o/g, c/g
@@ -165,15 +166,6 @@ def conv_reference(module, x):
     if b is not None:
         y += b.double().reshape(1, o, *([1] * nd))
     return y
-
-
-def _product(ks):
-    if not ks:
-        yield ()
-        return
-    for i in range(ks[0]):
-        for rest in _product(ks[1:]):
-            yield (i, *rest)
 
 
 op("conv", *_conv_attrs(),

@@ -1,4 +1,4 @@
-"""Frequency-domain and long-convolution mixers from the seed papers: aff, globalfilter, sgconv.
+"""Frequency-domain and long-convolution mixers: aff (AFFNet frequency filter), globalfilter (GFNet), sgconv.
 
 Each follows its official code for structure, defaults and init. They set flop_counter_exact=False: torch's
 FlopCounterMode cannot see an FFT. Their MACs count the work done in the frequency domain by learned weights
@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
-from archdsl.ops.conv import _product
-from archdsl.ops.mixers_meta import ref_act, same_shape
-from archdsl.ops.mixers_misc import _ACTS, _act_name
+from archdsl.ops.activations import BLOCK_ACTS, act_name
+from archdsl.ops.references import kernel_offsets, ref_act
 from archdsl.ops.registry import Attr, non_negative, op, positive
-from archdsl.ops.shapes import need_spatial, numel
+from archdsl.ops.shapes import need_spatial, numel, same_shape
 
 # FFTs run in floating point only: there is no int8 or fp8 FFT to lower to.
 FFT_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -144,7 +143,7 @@ def _aff_reference(m, x):
     z = _ref_rfftn(x, len(sizes))
     n, c = x.shape[:2]
     zb = z.reshape(n, m.num_blocks, m.block_size, -1).transpose(2, 3)  # (N, blocks, F, bs)
-    act = _act_name(m.act)
+    act = act_name(m.act)
     w1 = m.w1[0].double() + 1j * m.w1[1].double()
     w2 = m.w2[0].double() + 1j * m.w2[1].double()
     h = zb @ w1 + (m.b1[0].double() + 1j * m.b1[1].double())[:, None, :]
@@ -160,7 +159,7 @@ def _aff_reference(m, x):
 
 op("aff", Attr("blocks", "int", 8, check=positive, doc="channel blocks of the block-diagonal frequency MLP"),
    Attr("hidden_factor", "int", 1, check=positive), Attr("sparsity", "float", 0.01, check=non_negative),
-   Attr("act", "str", "relu", choices=_ACTS),
+   Attr("act", "str", "relu", choices=tuple(BLOCK_ACTS)),
    shape=_aff_shape, params=_aff_params, macs=_aff_macs, flop_counter_exact=False, precisions=FFT_PRECISIONS,
    torch=lambda a, ins: (AFF, dict(dim=ins[0][0], num_blocks=a.blocks, hidden_size_factor=a.hidden_factor,
                                    sparsity_threshold=a.sparsity, act=a.act)),
@@ -202,7 +201,7 @@ def _globalfilter_reference(m, x):
     w = m.complex_weight.double()
     kernel = _ref_irfftn(w[..., 0] + 1j * w[..., 1], sizes, norm="backward")  # (C, *sizes)
     y = torch.zeros_like(x)
-    for offset in _product(sizes):  # y[c, p] = sum_o k[c, o] x[c, (p - o) mod size]
+    for offset in kernel_offsets(sizes):  # y[c, p] = sum_o k[c, o] x[c, (p - o) mod size]
         tap = kernel[(slice(None),) + tuple(offset)].reshape(1, -1, *([1] * len(sizes)))
         y += tap * torch.roll(x, shifts=tuple(offset), dims=tuple(range(2, x.dim())))
     return y

@@ -1,9 +1,10 @@
-"""Blocks and mixers from the seed papers: se, mbconv, moat, grn, lsconv, subpixel (FFT mixers: mixers_freq.py).
+"""Convolutional blocks of mobile networks: se (squeeze-excitation), mbconv (MobileNetV2 / EfficientNet),
+moat (MBConv + attention), lsconv (LSNet large-small conv). FFT mixers: mixers_freq.py.
 
 Each follows its official code (named per op below) for structure, defaults and init. MACs count conv /
 linear / matmul MACs only (the papers' convention); norms, activations, gates and pooling are elementwise.
-References are written independently of the modules, in float64: loops over kernel
-offsets and windows, explicit DFT matrices, direct circular / causal convolution sums.
+References are written independently of the modules, in float64: loops over kernel offsets and windows,
+norms and activations written out.
 """
 from __future__ import annotations
 
@@ -12,25 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
-from archdsl.ops.conv import _product, conv_reference
-from archdsl.ops.mixers_meta import (RelAttn, attention_macs, need_heads, odd, ref_act, ref_bn, ref_linear,
-                                     ref_relattn_tokens, rel_index, rel_table_size, same_shape)
+from archdsl.ops.activations import BLOCK_ACTS, act_name
+from archdsl.ops.attention import RelAttn, ref_relattn_tokens, rel_index, rel_table_size
+from archdsl.ops.conv import conv_reference
+from archdsl.ops.references import kernel_offsets, ref_act, ref_bn, ref_linear, ref_sigmoid
 from archdsl.ops.registry import Attr, non_negative, op, positive
-from archdsl.ops.shapes import conv_out, need_spatial, numel
-
-_ACTS = ("relu", "silu", "gelu")
+from archdsl.ops.shapes import attention_macs, conv_out, need_heads, need_spatial, numel, odd, same_shape
 
 
 def _nd(ins):
     return len(ins[0]) - 1
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + torch.exp(-x))
-
-
-def _act_name(m):
-    return {nn.ReLU: "relu", nn.SiLU: "silu", nn.GELU: "gelu"}[type(m)]
 
 
 # --------------------------------------------------------------------------------------------------- se
@@ -60,18 +52,18 @@ def ref_se(m, x, act):
     """SE written out: the mean as an explicit sum over positions."""
     t = x.reshape(*x.shape[:2], -1)
     s = sum(t[..., i] for i in range(t.shape[-1])) / t.shape[-1]
-    gate = _sigmoid(ref_linear(ref_act(act, ref_linear(s, m.fc1)), m.fc2))
+    gate = ref_sigmoid(ref_linear(ref_act(act, ref_linear(s, m.fc1)), m.fc2))
     return x * gate.reshape(*gate.shape, *([1] * (x.dim() - 2)))
 
 
 op("se", Attr("rd_ratio", "float", 0.25, check=positive, doc="reduced channels = max(1, int(C * rd_ratio))"),
    Attr("rd", "int", None, check=positive, doc="reduced channels (overrides rd_ratio)"),
-   Attr("act", "str", "relu", choices=_ACTS),
+   Attr("act", "str", "relu", choices=tuple(BLOCK_ACTS)),
    shape=same_shape("se"),
    params=lambda a, ins: 2 * ins[0][0] * _se_rd(a, ins) + _se_rd(a, ins) + ins[0][0],
    macs=lambda a, ins, out: 2 * ins[0][0] * _se_rd(a, ins),  # two FCs on the pooled vector
    torch=lambda a, ins: (SqueezeExcite, dict(channels=ins[0][0], rd_channels=_se_rd(a, ins), act=a.act)),
-   reference=lambda m, x: ref_se(m, x.double(), _act_name(m.act)), spatial_dims=(1, 2, 3), category="block",
+   reference=lambda m, x: ref_se(m, x.double(), act_name(m.act)), spatial_dims=(1, 2, 3), category="block",
    doc="Squeeze-and-excitation channel gate: pool, FC C->rd, act, FC rd->C, sigmoid, scale.",
    examples=(({}, [(8, 5, 7)]), ({"rd": 3, "act": "silu"}, [(6, 11)]), ({"rd_ratio": 0.5}, [(3, 2, 3)]),
              ({"rd": 2, "act": "gelu"}, [(4, 2, 3, 2)])))
@@ -151,7 +143,7 @@ def _mbconv_macs(a, ins, out):
 
 def _mbconv_reference(m, x):
     x = x.double()
-    act = _act_name(m.act)
+    act = act_name(m.act)
     y = ref_act(act, ref_bn(m.bn1, conv_reference(m.conv_pw, x))) if m.conv_pw is not None else x
     y = ref_act(act, ref_bn(m.bn2, conv_reference(m.conv_dw, y)))
     if m.se is not None:
@@ -165,7 +157,7 @@ op("mbconv", Attr("out", "int", None, check=positive, doc="output channels (defa
    Attr("stride", "int", 1, check=_stride_12), Attr("expand", "int", 4, check=positive),
    Attr("k", "int", 3, check=odd, doc="depthwise kernel size"),
    Attr("se", "float", 0.25, check=non_negative, doc="SE ratio of the input channels; 0: no SE"),
-   Attr("act", "str", "silu", choices=_ACTS),
+   Attr("act", "str", "silu", choices=tuple(BLOCK_ACTS)),
    shape=_mbconv_shape, params=_mbconv_params, macs=_mbconv_macs,
    torch=lambda a, ins: (MBConv, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out or ins[0][0],
                                       expand=a.expand, kernel_size=a.k, stride=a.stride, se_ratio=a.se,
@@ -306,48 +298,6 @@ op("moat", Attr("out", "int", None, check=positive, doc="output channels (defaul
              ({"out": 4, "heads": 2, "expand": 2}, [(3, 9)]), ({"stride": 2, "rel_pos": False}, [(4, 11)])))
 
 
-# -------------------------------------------------------------------------------------------------- grn
-# ConvNeXt-V2 Global Response Normalization (Woo et al. 2023; facebookresearch/ConvNeXt-V2 models/utils.py GRN):
-# Gx = ||x||_2 over the spatial positions per channel, Nx = Gx / (mean_c Gx + 1e-6),
-# y = gamma * (x * Nx) + beta + x, gamma and beta per channel, initialised to zero.
-
-
-class GRN(nn.Module):
-    """Global response normalization on channels-first inputs."""
-
-    def __init__(self, dim, eps=1e-6):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        gx = torch.linalg.vector_norm(x.flatten(2), dim=-1)  # (N, C)
-        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        nx = nx.reshape(*nx.shape, *([1] * (x.dim() - 2)))
-        return self.gamma.reshape(shape) * (x * nx) + self.beta.reshape(shape) + x
-
-
-def _grn_reference(m, x):
-    x = x.double()
-    n, c = x.shape[:2]
-    t = x.reshape(n, c, -1)
-    gx = torch.sqrt(sum(t[..., i] ** 2 for i in range(t.shape[-1])))
-    nx = gx / (sum(gx[:, j] for j in range(c)).unsqueeze(1) / c + m.eps)
-    out = torch.empty_like(t)
-    for j in range(c):
-        out[:, j] = m.gamma[j].double() * t[:, j] * nx[:, j:j + 1] + m.beta[j].double() + t[:, j]
-    return out.reshape(x.shape)
-
-
-op("grn", shape=same_shape("grn"), params=lambda a, ins: 2 * ins[0][0],
-   torch=lambda a, ins: (GRN, dict(dim=ins[0][0])), reference=_grn_reference,
-   spatial_dims=(1, 2, 3), category="norm",
-   doc="ConvNeXt-V2 global response normalization: gamma * (x * Nx) + beta + x, Nx = ||x|| / mean_c ||x||.",
-   examples=(({}, [(5, 4, 7)]), ({}, [(3, 9)]), ({}, [(2, 1, 1)]), ({}, [(3, 2, 3, 4)])))
-
-
 # ----------------------------------------------------------------------------------------------- lsconv
 # LSNet "See Large, Focus Small" LS convolution (Wang et al. 2025; THU-MIG/lsnet model/lsnet.py LSConv, LKP,
 # ska.py): large-kernel perception LKP = Conv-BN 1x1 C -> C/2, ReLU, depthwise Conv-BN k_large, Conv-BN 1x1,
@@ -467,7 +417,7 @@ def _lsconv_reference(m, x):
     w = w.reshape(n, m.wc, k ** len(sizes), *sizes)[:, torch.arange(c) % m.wc]  # channel c uses c mod wc
     xp = F.pad(x, [k // 2] * (2 * len(sizes)))
     y = torch.zeros_like(x)
-    for i, offset in enumerate(_product((k,) * len(sizes))):
+    for i, offset in enumerate(kernel_offsets((k,) * len(sizes))):
         y += xp[(slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(offset, sizes))] * w[:, :, i]
     return ref_bn(m.bn, y) + x
 
@@ -485,53 +435,3 @@ op("lsconv", Attr("k_large", "int", 7, check=odd), Attr("k_small", "int", 3, che
              ({"groups": 2, "k_large": 3}, [(4, 3, 4, 5)])))
 
 
-# --------------------------------------------------------------------------------------------- subpixel
-# Sub-pixel convolution (Shi et al. 2016, ESPCN): conv k (same padding) to out * r^2 channels, then
-# PixelShuffle(r); in 1-D conv to out * r channels and interleave them along L.
-
-
-class SubPixel(nn.Module):
-    """Conv to out * r^d channels, then a periodic shuffle into an r-times larger grid."""
-
-    def __init__(self, ndim, in_channels, out_channels, r=2, kernel_size=3):
-        super().__init__()
-        conv = (nn.Conv1d, nn.Conv2d)[ndim - 1]
-        self.r = r
-        self.conv = conv(in_channels, out_channels * r ** ndim, kernel_size, padding=kernel_size // 2)
-
-    def forward(self, x):
-        y = self.conv(x)
-        if y.dim() == 4:
-            return F.pixel_shuffle(y, self.r)
-        n, c, length = y.shape
-        return y.reshape(n, c // self.r, self.r, length).transpose(2, 3).reshape(n, c // self.r, length * self.r)
-
-
-def _subpixel_shape(a, ins):
-    need_spatial("subpixel", ins[0], (1, 2))
-    return (a.out, *[s * a.r for s in ins[0][1:]])
-
-
-def _subpixel_reference(m, x):
-    """out[:, c, i*r + a, j*r + b] = conv[:, c*r^2 + a*r + b, i, j] (c*r + a in 1-D), by explicit loops."""
-    y = conv_reference(m.conv, x.double())
-    r, nd = m.r, y.dim() - 2
-    cout = y.shape[1] // r ** nd
-    out = torch.empty(y.shape[0], cout, *[s * r for s in y.shape[2:]], dtype=torch.float64)
-    for c in range(cout):
-        for phase in _product((r,) * nd):
-            channel = c * r ** nd + sum(p * r ** (nd - 1 - d) for d, p in enumerate(phase))
-            out[(slice(None), c) + tuple(slice(p, None, r) for p in phase)] = y[:, channel]
-    return out
-
-
-op("subpixel", Attr("out", "int", check=positive), Attr("r", "int", 2, check=positive, doc="upscale factor"),
-   Attr("k", "int", 3, check=odd),
-   shape=_subpixel_shape,
-   params=lambda a, ins: (ins[0][0] * a.k ** _nd(ins) + 1) * a.out * a.r ** _nd(ins),
-   macs=lambda a, ins, out: numel(ins[0][1:]) * a.out * a.r ** _nd(ins) * ins[0][0] * a.k ** _nd(ins),
-   torch=lambda a, ins: (SubPixel, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out, r=a.r,
-                                        kernel_size=a.k)),
-   reference=_subpixel_reference, spatial_dims=(1, 2), category="block",
-   doc="ESPCN sub-pixel convolution: conv k to out*r^2 channels, pixel shuffle r (1-D: out*r, interleave).",
-   examples=(({"out": 3}, [(2, 5, 7)]), ({"out": 2, "r": 3, "k": 5}, [(3, 7)]), ({"out": 1, "r": 3}, [(4, 3, 2)])))

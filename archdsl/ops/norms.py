@@ -1,4 +1,4 @@
-"""Normalization layers over the channel axis: bn, ln (ln2d), lnchw, gn, rmsnorm.
+"""Normalization layers over the channel axis: bn, ln (ln2d), lnchw, gn, rmsnorm, grn (global response norm).
 
 All take (N, C, *spatial) tensors whose channel axis is dim 1 (or plain (N, C) feature vectors), keep the
 shape, and count 0 MACs (the papers count only conv / linear / matmul). The references recompute each
@@ -12,6 +12,7 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.registry import Attr, op, positive
+from archdsl.ops.shapes import same_shape
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -204,3 +205,45 @@ op("rmsnorm",
    doc="RMSNorm over the channel axis at every position, with a per-channel scale.", fusable=True,
    triton="norm",
    examples=(({}, [(5,)]), ({"eps": 1e-5}, [(3, 7)]), ({}, [(4, 5, 3)])))
+
+
+# -------------------------------------------------------------------------------------------------- grn
+# ConvNeXt-V2 Global Response Normalization (Woo et al. 2023; facebookresearch/ConvNeXt-V2 models/utils.py GRN):
+# Gx = ||x||_2 over the spatial positions per channel, Nx = Gx / (mean_c Gx + 1e-6),
+# y = gamma * (x * Nx) + beta + x, gamma and beta per channel, initialised to zero.
+
+
+class GRN(nn.Module):
+    """Global response normalization on channels-first inputs."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        gx = torch.linalg.vector_norm(x.flatten(2), dim=-1)  # (N, C)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        nx = nx.reshape(*nx.shape, *([1] * (x.dim() - 2)))
+        return self.gamma.reshape(shape) * (x * nx) + self.beta.reshape(shape) + x
+
+
+def _grn_reference(m, x):
+    x = x.double()
+    n, c = x.shape[:2]
+    t = x.reshape(n, c, -1)
+    gx = torch.sqrt(sum(t[..., i] ** 2 for i in range(t.shape[-1])))
+    nx = gx / (sum(gx[:, j] for j in range(c)).unsqueeze(1) / c + m.eps)
+    out = torch.empty_like(t)
+    for j in range(c):
+        out[:, j] = m.gamma[j].double() * t[:, j] * nx[:, j:j + 1] + m.beta[j].double() + t[:, j]
+    return out.reshape(x.shape)
+
+
+op("grn", shape=same_shape("grn"), params=lambda a, ins: 2 * ins[0][0],
+   torch=lambda a, ins: (GRN, dict(dim=ins[0][0])), reference=_grn_reference,
+   spatial_dims=(1, 2, 3), category="norm",
+   doc="ConvNeXt-V2 global response normalization: gamma * (x * Nx) + beta + x, Nx = ||x|| / mean_c ||x||.",
+   examples=(({}, [(5, 4, 7)]), ({}, [(3, 9)]), ({}, [(2, 1, 1)]), ({}, [(3, 2, 3, 4)])))

@@ -74,3 +74,41 @@ def conv_shape(op, in_shape, out_ch, k, stride, padding, dilation):
             )
         out.append(o)
     return (out_ch, *out)
+
+
+def odd(v):
+    vals = v if isinstance(v, tuple) else (v,)
+    return None if all(x > 0 and x % 2 for x in vals) else "must be positive and odd (so the size is kept)"
+
+
+def need_heads(name, c, heads, in_shape):
+    """The head count: given, or C/32 (head size 32, as Swin / MetaFormer / MOAT) when 32 divides C, else 1."""
+    if heads is None:
+        return c // 32 if c % 32 == 0 else 1
+    if c % heads:
+        raise ArchError(f"{name}(): heads={heads} does not divide the {c} channels (input shape {list(in_shape)})",
+                        hint=f"choose a head count that divides {c}")
+    return heads
+
+
+def same_shape(name, dims=(1, 2, 3)):
+    """Shape rule of a mixer that keeps its input shape, for inputs with `dims` spatial dims."""
+
+    def rule(a, ins):
+        need_spatial(name, ins[0], dims)
+        return tuple(ins[0])
+
+    return rule
+
+
+def attention_macs(n_q, n_kv, c):
+    """q projection on n_q tokens, k/v projections on n_kv tokens, QK^T and AV, output projection."""
+    return n_q * c * c + 2 * n_kv * c * c + 2 * n_q * n_kv * c + n_q * c * c
+
+
+def need_odd(name, what, ks, in_shape):
+    """Every kernel size in `ks` is odd (so a branch with padding k//2 keeps the size)."""
+    ks = ks if isinstance(ks, (list, tuple)) else (ks,)
+    if any(k % 2 == 0 for k in ks):
+        raise ArchError(f"{name}(): {what} must be odd so every branch keeps the size, got {list(ks)} "
+                        f"(input shape {list(in_shape)})", hint="use an odd kernel size")

@@ -1,6 +1,7 @@
-"""Structural ops: identity, layerscale, resscale, scale, flatten, reshape, permute, dropout, droppath, upsample.
+"""Structural ops: identity, layerscale, resscale, scale, flatten, reshape, permute, dropout, droppath, and the
+upsamplers upsample and subpixel (conv + pixel shuffle).
 
-None of them does MACs. Dropout and droppath are random only in training; their references give the eval
+None of them does MACs but subpixel (its conv's). Dropout and droppath are random only in training; their references give the eval
 behaviour (identity), which is what the registry tests compare.
 """
 from __future__ import annotations
@@ -9,11 +10,14 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
+from archdsl.ops.conv import conv_reference
+from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, op, positive, probability
-from archdsl.ops.shapes import need_spatial, numel
+from archdsl.ops.shapes import need_spatial, numel, odd
 
 
 class ChannelScale(nn.Module):
@@ -227,3 +231,55 @@ op("upsample", Attr("scale", "int", 2, check=positive), Attr("mode", "str", "nea
    doc="Upsample every spatial dim by an integer factor (nearest, or (bi/tri)linear with align_corners=False).",
    examples=(({}, [(3, 4, 5)]), ({"mode": "linear"}, [(2, 5, 3)]), ({"scale": 3, "mode": "linear"}, [(3, 7)]),
              ({"scale": 3}, [(2, 5)]), ({"mode": "linear"}, [(2, 3, 2, 4)])))
+
+
+# --------------------------------------------------------------------------------------------- subpixel
+# Sub-pixel convolution (Shi et al. 2016, ESPCN): conv k (same padding) to out * r^2 channels, then
+# PixelShuffle(r); in 1-D conv to out * r channels and interleave them along L.
+
+
+class SubPixel(nn.Module):
+    """Conv to out * r^d channels, then a periodic shuffle into an r-times larger grid."""
+
+    def __init__(self, ndim, in_channels, out_channels, r=2, kernel_size=3):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d)[ndim - 1]
+        self.r = r
+        self.conv = conv(in_channels, out_channels * r ** ndim, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.dim() == 4:
+            return F.pixel_shuffle(y, self.r)
+        n, c, length = y.shape
+        return y.reshape(n, c // self.r, self.r, length).transpose(2, 3).reshape(n, c // self.r, length * self.r)
+
+
+def _subpixel_shape(a, ins):
+    need_spatial("subpixel", ins[0], (1, 2))
+    return (a.out, *[s * a.r for s in ins[0][1:]])
+
+
+def _subpixel_reference(m, x):
+    """out[:, c, i*r + a, j*r + b] = conv[:, c*r^2 + a*r + b, i, j] (c*r + a in 1-D), by explicit loops."""
+    y = conv_reference(m.conv, x.double())
+    r, nd = m.r, y.dim() - 2
+    cout = y.shape[1] // r ** nd
+    out = torch.empty(y.shape[0], cout, *[s * r for s in y.shape[2:]], dtype=torch.float64)
+    for c in range(cout):
+        for phase in kernel_offsets((r,) * nd):
+            channel = c * r ** nd + sum(p * r ** (nd - 1 - d) for d, p in enumerate(phase))
+            out[(slice(None), c) + tuple(slice(p, None, r) for p in phase)] = y[:, channel]
+    return out
+
+
+op("subpixel", Attr("out", "int", check=positive), Attr("r", "int", 2, check=positive, doc="upscale factor"),
+   Attr("k", "int", 3, check=odd),
+   shape=_subpixel_shape,
+   params=lambda a, ins: (ins[0][0] * a.k ** (len(ins[0]) - 1) + 1) * a.out * a.r ** (len(ins[0]) - 1),
+   macs=lambda a, ins, out: numel(ins[0][1:]) * a.out * a.r ** (len(ins[0]) - 1) * ins[0][0] * a.k ** (len(ins[0]) - 1),
+   torch=lambda a, ins: (SubPixel, dict(ndim=(len(ins[0]) - 1), in_channels=ins[0][0], out_channels=a.out, r=a.r,
+                                        kernel_size=a.k)),
+   reference=_subpixel_reference, spatial_dims=(1, 2), category="block",
+   doc="ESPCN sub-pixel convolution: conv k to out*r^2 channels, pixel shuffle r (1-D: out*r, interleave).",
+   examples=(({"out": 3}, [(2, 5, 7)]), ({"out": 2, "r": 3, "k": 5}, [(3, 7)]), ({"out": 1, "r": 3}, [(4, 3, 2)])))

@@ -1,4 +1,4 @@
-"""MetaFormer mixers and attention variants (archdsl/ops/mixers_meta.py) against independent computations.
+"""MetaFormer mixers and attention variants (archdsl/ops/metaformer_mixers.py, archdsl/ops/attention.py) against independent computations.
 
 The registry tests (tests/test_ops_registry.py) already run every example through shape / params / float64
 reference / MACs / gradients; these tests check the ops' defining facts another way: hand-derived parameter

@@ -1,4 +1,4 @@
-"""Blocks and frequency / long-convolution mixers (archdsl/ops/mixers_misc.py) against independent computations.
+"""Blocks and frequency / long-convolution mixers (archdsl/ops/mobile_blocks.py, norms.py, structure.py) against independent computations.
 
 The registry tests run every example through shape / params / float64 reference / MACs / gradients; here the
 defining facts are checked another way: hand-derived parameter formulas, the global filter as a circular
