@@ -291,3 +291,15 @@ def test_only_dilated_or_grouped_1d_convs_take_the_taps_path():
     assert type(build("dwconv", {"k": 3}, (3, 9, 9))[3]) is torch.nn.Conv2d
     assert type(build("conv", {"out": 4, "k": 3, "dilation": 2}, (3, 20))[3]) is TapConv1d
     assert type(build("dwconv", {"k": 3}, (3, 20))[3]) is TapConv1d
+
+
+def test_padding_rules_by_hand():
+    from archdsl.ops.shapes import half_kernel, resolve_padding, same_padding
+
+    # same: the dilated extent d*(k-1) split in two, the odd one out at the end
+    assert same_padding((3, 4), (1, 1)) == ((1, 1), (1, 2))
+    assert same_padding((5,), (3,)) == ((6, 6),)
+    # the default: symmetric and size-keeping for odd k, none for even k (patchify stems)
+    assert resolve_padding("conv", None, (7, 4), (1, 4), (2, 1)) == ((6, 6), (0, 0))
+    assert resolve_padding("conv", "same", (4,), (1,), (1,)) == ((1, 2),)
+    assert half_kernel((5, 4)) == (2, 2)  # DCLS / RepLKNet: k // 2 on both sides, also for even k

@@ -12,10 +12,9 @@ from __future__ import annotations
 import networkx as nx
 
 from archdsl.errors import ArchError
-from archdsl.ops.registry import Attrs
+from archdsl.ops.registry import PRECISIONS, Attrs  # noqa: F401 (PRECISIONS: the IR's precisions, named once)
 
 DEFAULT_PRECISION = "fp32"
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
 LAYOUTS = ("channels_first", "channels_last")
 
 

@@ -26,7 +26,7 @@ from torch import nn
 from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
 from archdsl.ops.registry import Attr, Fold, op, positive
-from archdsl.ops.shapes import conv_out, need_spatial, numel, resolve_padding
+from archdsl.ops.shapes import conv_out, half_kernel, need_spatial, numel, resolve_padding
 
 SIGMA_OFFSET = 0.27  # official: sigma = |SIG| + 0.27, SIG initialised to 0.23 -> every element starts at 0.5
 
@@ -123,7 +123,7 @@ def _facts(a, ins):
 
 def _pads(a, ins):
     if a.padding is None:  # official default padding: dilated_kernel_size // 2 (same size for odd k)
-        return tuple((k // 2, k // 2) for k in a.k)
+        return tuple((p, p) for p in half_kernel(a.k))
     return resolve_padding("dcls", a.padding, a.k, a.stride, (1,) * len(a.k))
 
 
@@ -222,7 +222,7 @@ def _dcls_as_conv(a, ins):
     # the dense kernel its positions interpolate to, dilation 1; the default padding k//2 (also for even k)
     # is written out, since conv's default differs for even k
     _, out, groups = _facts(a, ins)
-    padding = a.padding if a.padding is not None else tuple(k // 2 for k in a.k)
+    padding = a.padding if a.padding is not None else half_kernel(a.k)
     return dict(out=out, k=a.k, stride=a.stride, padding=padding, dilation=1, groups=groups, bias=a.bias)
 
 

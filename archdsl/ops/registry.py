@@ -19,6 +19,8 @@ from archdsl.errors import ArchError, did_you_mean
 
 Shape = tuple[int, ...]
 REQUIRED = object()
+# The precisions a node may run at (`@precision(...)`); an op's `precisions` is a subset.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
 
 # Attribute kinds. "ints" is an int or a list of ints, expanded to one entry per spatial dim of the input.
 KINDS = ("int", "float", "bool", "str", "ints", "floats", "any")
@@ -79,7 +81,7 @@ class OpSpec:
     # op does work that counter cannot see (an FFT, an explicit gather) - then say so here.
     flop_counter_exact: bool = True
     # Precisions the op can run at (there is no integer FFT, for instance); elaboration rejects the rest.
-    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
+    precisions: tuple[str, ...] = PRECISIONS
     # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have

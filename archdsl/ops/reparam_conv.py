@@ -16,7 +16,7 @@ from archdsl.ops.conv import conv_reference
 from archdsl.ops.conv_algebra import bn_affine, dilate, pad_centred, scale_out
 from archdsl.ops.references import ref_bn
 from archdsl.ops.registry import Attr, Fold, op, positive
-from archdsl.ops.shapes import conv_shape, need_odd, need_spatial, numel
+from archdsl.ops.shapes import conv_shape, half_kernel, need_odd, need_spatial, numel
 
 
 # ---------------------------------------------------------------------------------------------- replk
@@ -118,7 +118,7 @@ op("replk",
                                          stride=tuple(a.stride))),
    reference=replk_reference, category="mixer", spatial_dims=(1, 2, 3),
    fold=Fold("reparam_branches", lambda a, ins: dict(out=ins[0][0], k=a.k, stride=a.stride,
-                                                     padding=tuple(k // 2 for k in a.k), groups=ins[0][0], bias=True),
+                                                     padding=half_kernel(a.k), groups=ins[0][0], bias=True),
              replk_kernel),
    doc="RepLKNet re-parameterisable large-kernel depthwise conv (train-time form: k and small branches + BN).",
    examples=(({"k": 9, "small": 3}, [(3, 11, 10)]), ({"k": 13, "stride": 2}, [(4, 15)]),

@@ -33,6 +33,18 @@ def conv_out(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation:
     return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
+def same_padding(k, dilation) -> tuple[tuple[int, int], ...]:
+    """Per-dim (lo, hi) that keeps the size at stride 1: the dilated extent d*(k-1) split in two, the odd one
+    out at the end (symmetric for odd kernels)."""
+    return tuple(((d * (kk - 1)) // 2, d * (kk - 1) - (d * (kk - 1)) // 2) for kk, d in zip(k, dilation))
+
+
+def half_kernel(k) -> tuple[int, ...]:
+    """k // 2 per dim on both sides: the padding of DCLS and RepLKNet's official code (keeps the size for odd k,
+    grows it by one for even k)."""
+    return tuple(kk // 2 for kk in k)
+
+
 def resolve_padding(op, padding, k, stride, dilation):
     """Per-dim (lo, hi) padding from an attribute: an int/list, "same", "valid", or None (the default).
 
@@ -41,18 +53,14 @@ def resolve_padding(op, padding, k, stride, dilation):
     """
     n = len(k)
     if padding is None:
-        return tuple(((d * (kk - 1)) // 2,) * 2 if kk % 2 else (0, 0) for kk, d in zip(k, dilation))
+        return tuple(p if kk % 2 else (0, 0) for p, kk in zip(same_padding(k, dilation), k))
     if padding == "valid":
         return ((0, 0),) * n
     if padding == "same":
         if any(s != 1 for s in stride):
             raise ArchError(f"{op}(): padding='same' needs stride 1, got stride {list(stride)}",
                             hint="give an explicit padding for strided convolutions")
-        out = []
-        for kk, d in zip(k, dilation):
-            total = d * (kk - 1)
-            out.append((total // 2, total - total // 2))
-        return tuple(out)
+        return same_padding(k, dilation)
     if isinstance(padding, str):
         raise ArchError(f"{op}(): padding must be a number, a list, 'same' or 'valid', got {padding!r}")
     items = list(padding) if isinstance(padding, (list, tuple)) else [padding] * n

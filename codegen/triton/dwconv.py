@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from archdsl.ops.shapes import same_padding
 from codegen.triton import epilogue as epi
 from codegen.triton.common import check_out, config, ncp_strides, pow2, tuned
 from codegen.triton.norm import normalize, rows_for
@@ -152,8 +153,7 @@ def _per_dim(v, nd):
 def _pads(padding, k, dilation, nd):
     """Per-dim (lo, hi): None = keep the size at stride 1 (odd dilated kernels: d * (k - 1) // 2 each side)."""
     if padding is None:
-        return [((dilation[i] * (k[i] - 1)) // 2, dilation[i] * (k[i] - 1) - (dilation[i] * (k[i] - 1)) // 2)
-                for i in range(nd)]
+        return list(same_padding(k, dilation))
     items = list(padding) if isinstance(padding, (tuple, list)) else [padding] * nd
     return [tuple(p) if isinstance(p, (tuple, list)) else (int(p), int(p)) for p in items]
 
