@@ -255,13 +255,14 @@ def cmd_bench(args) -> int:
 
 def cmd_search(args) -> int:
     import archdsl
+    from archdsl.search.outdir import prepare
     from archdsl.search.report import write_report
     from archdsl.search.spec import override_program
     from archdsl.search.study import RunEnded, run_search
 
     program = archdsl.parse(Path(args.file))
     override_program(program, args.search, args.objective, args.constraint)
-    out = Path(args.out)
+    out = prepare(args.out)  # before Path(): Path("") would be the current folder
     ended = None
     try:
         study, spec, data, seconds = run_search(
@@ -304,7 +305,7 @@ def cmd_report(args) -> int:
     from archdsl.search.storage import check_sqlite
 
     out = prepare(args.out)
-    storage = make_storage(args.storage, out) if args.storage else None
+    storage = make_storage(args.storage, out) if args.storage is not None else None
     if storage is None:
         db = Path(args.study_path) / "study.db" if Path(args.study_path).is_dir() else Path(args.study_path)
         if not db.is_file():

@@ -172,7 +172,9 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         raise ArchError(f"study '{study.study_name}' was created with objectives {saved}, not {names}",
                         hint="use another --study name or --out folder for a different search")
     if saved is None:
-        study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard labels its axes with these
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" in Optuna
+            study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard's axis labels
         study.set_user_attr("objectives", names)
         study.set_user_attr("file", program.file)
         study.set_user_attr("dataset", spec.dataset)
