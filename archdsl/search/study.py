@@ -230,7 +230,9 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
 
         display = Progress(study, spec, trials, timeout)
         callbacks.append(display.on_trial)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with its traceback; the reason is kept with the trial (user attr
+    # "error" or "interrupted") and summed up at the end, and a traceback reads as a crash
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     t0 = time.perf_counter()
     interrupted = False
     try:
