@@ -11,6 +11,7 @@ interrupted does not count: its parameters run again instead.
 from __future__ import annotations
 
 import collections
+import re
 import signal
 import threading
 
@@ -112,13 +113,18 @@ def requeue_interrupted(study) -> list[int]:
 
 
 def why_none_completed(trials) -> str:
-    """'3 infeasible (constraint at f:5:3 not met ...), 1 failed (...)': the most common reasons."""
-    reasons = collections.Counter()
+    """'2x infeasible: constraint at f:5:3 not met (e.g. params=170); 1x failed: ...': the commonest reasons,
+    trials that differ only in the measured values counted together."""
+    reasons, example = collections.Counter(), {}
     for t in trials:
         if "infeasible" in t.user_attrs:
-            reasons["infeasible: " + t.user_attrs["infeasible"].splitlines()[0]] += 1
+            text = "infeasible: " + t.user_attrs["infeasible"].splitlines()[0]
         elif "error" in t.user_attrs:
-            reasons["failed: " + t.user_attrs["error"].splitlines()[0]] += 1
+            text = "failed: " + t.user_attrs["error"].splitlines()[0]
         else:
-            reasons[t.state.name.lower()] += 1
-    return "; ".join(f"{n}x {why}" for why, n in reasons.most_common(3))
+            text = t.state.name.lower()
+        m = re.match(r"(.*) \(([^()]*)\)$", text)  # "... not met (params=170)"
+        key = m.group(1) if m else text
+        reasons[key] += 1
+        example.setdefault(key, f" (e.g. {m.group(2)})" if m else "")
+    return "; ".join(f"{n}x {why}{example[why]}" for why, n in reasons.most_common(3))
