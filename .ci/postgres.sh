@@ -10,7 +10,8 @@
 # needs: psycopg2-binary, and psycopg 3 as well where SQLAlchemy >= 2.1 makes it the default for postgresql://.
 # Idempotent: when the server already answers on the port it only makes sure the database exists and prints
 # the URL (under a second). Everything but the URL goes to stderr.
-# Stop it with: runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D /tmp/archdsl-postgres-55432 stop
+#
+#   .ci/postgres.sh stop    # stops that server and removes its data directory (what .ci/run does at exit)
 set -euo pipefail
 
 PORT="${ARCHDSL_PG_PORT:-55432}"
@@ -19,6 +20,28 @@ DB=archdsl
 URL="postgresql://postgres@127.0.0.1:${PORT}/${DB}"
 
 log() { echo "postgres.sh: $*" >&2; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [ "${1:-}" = stop ]; then
+  # Only a folder this script made (it holds PG_VERSION, or is empty) is removed: ARCHDSL_PG_DIR set wrong
+  # must not delete anything else.
+  if [ -f "$DIR/postmaster.pid" ]; then
+    BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    log "stopping the server in $DIR"
+    as_postgres "$BIN/pg_ctl" -D "$DIR" -m fast -w -t 60 stop >&2 || log "pg_ctl stop failed"
+  fi
+  if [ -d "$DIR" ]; then
+    if [ -f "$DIR/PG_VERSION" ] || [ -z "$(ls -A "$DIR")" ]; then
+      rm -rf "$DIR" && log "removed $DIR"
+    else
+      log "not removing $DIR: not a PostgreSQL data directory"; exit 1
+    fi
+  fi
+  exit 0
+fi
 
 # The driver: psycopg2; SQLAlchemy >= 2.1 reads a plain postgresql:// URL with psycopg 3 instead.
 python -c "import psycopg2" 2>/dev/null || python -m pip install -q psycopg2-binary >&2
@@ -36,10 +59,6 @@ if [ -z "$BIN" ] || [ ! -x "$BIN/postgres" ]; then
   BIN="$(find_bin)"
   [ -n "$BIN" ] && [ -x "$BIN/postgres" ] || { log "no postgres binary after installing"; exit 1; }
 fi
-
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
 if ! "$BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -t 2; then
   if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then

@@ -255,19 +255,29 @@ def cmd_bench(args) -> int:
 
 def cmd_search(args) -> int:
     import archdsl
+    from archdsl.search.outdir import prepare
     from archdsl.search.report import write_report
     from archdsl.search.spec import override_program
-    from archdsl.search.study import run_search
+    from archdsl.search.study import RunEnded, run_search
 
     program = archdsl.parse(Path(args.file))
     override_program(program, args.search, args.objective, args.constraint)
-    out = Path(args.out)
-    study, spec, data, seconds = run_search(
-        program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-        storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
-        fixed=_overrides(program, args.set), progress=not args.quiet)
-    summary = write_report(study, out, data, program)
+    out = prepare(args.out)  # before Path(): Path("") would be the current folder
+    ended = None
+    try:
+        study, spec, data, seconds = run_search(
+            program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
+            storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
+            fixed=_overrides(program, args.set), progress=not args.quiet,
+            settings={"model": args.model} if args.model else None)
+    except RunEnded as e:  # interrupted, or nothing completed: still report what there is
+        ended = e
+        study, spec, data, seconds = e.results
+    summary = write_report(study, out, data, program, study_dir=out)
     _print_front(summary, out, seconds)
+    if ended is not None:
+        print(f"{'' if ended.status == 130 else 'error: '}{ended.message}", file=sys.stderr)
+        return ended.status
     return 0
 
 
@@ -291,15 +301,22 @@ def cmd_report(args) -> int:
     from archdsl.search.report import write_report
     from archdsl.search.study import make_storage
 
-    storage = make_storage(args.storage, Path(args.out)) if args.storage else None
+    from archdsl.search.outdir import prepare
+    from archdsl.search.storage import check_sqlite
+
+    out = prepare(args.out)
+    storage = make_storage(args.storage, out) if args.storage is not None else None
     if storage is None:
         db = Path(args.study_path) / "study.db" if Path(args.study_path).is_dir() else Path(args.study_path)
-        if not db.exists():
+        if not db.is_file():
             raise ArchError(f"no study database at {db}", hint="give the --out folder of a search, or --storage URL")
+        check_sqlite(db)
         storage = f"sqlite:///{db.resolve()}"
         name = args.study
+        study_dir = db.parent  # trial artifacts (weights) are found relative to it, wherever it was moved
     else:
         name = args.study or args.study_path
+        study_dir = Path(args.weights_from) if args.weights_from else None
     names = optuna.get_all_study_names(storage)
     if name is None:
         if len(names) != 1:
@@ -315,8 +332,8 @@ def cmd_report(args) -> int:
         from archdsl.search.data import load
 
         data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())))
-    summary = write_report(study, Path(args.out), data)
-    _print_front(summary, Path(args.out))
+    summary = write_report(study, out, data, study_dir=study_dir)
+    _print_front(summary, out)
     return 0
 
 
@@ -335,6 +352,30 @@ def cmd_ops(args) -> int:
         table.add_row(name, spec.signature(), spec.doc.split("\n")[0])
     Console().print(table)
     return 0
+
+
+def _at_least(low: int):
+    """argparse type: a whole number >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return parse
+
+
+def _above_zero(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -383,9 +424,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("search", help="multi-objective architecture search with Optuna (resumable)")
     common(c)
     c.add_argument("--search", help="which search section of the file (default: the last one)")
-    c.add_argument("--trials", type=int, help="finished trials the study should reach (default: the file's)")
-    c.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    c.add_argument("--jobs", type=int, default=1, help="trials run in parallel by this process")
+    c.add_argument("--trials", type=_at_least(1), help="finished trials the study should reach (default: the file's)")
+    c.add_argument("--timeout", type=_above_zero, help="stop starting trials after this many seconds")
+    c.add_argument("--jobs", type=_at_least(1), default=1, help="trials run in parallel by this process")
     c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
     c.add_argument("--study", help="study name (default: the search section's name)")
     c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
@@ -404,6 +445,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--study", help="study name, when the storage holds several")
     c.add_argument("--out", default="runs/report")
     c.add_argument("--no-test", action="store_true", help="skip measuring test accuracy of the Pareto members")
+    c.add_argument("--weights-from", metavar="DIR",
+                   help="with --storage: the search's --out folder, where the trials' weights are")
     c.set_defaults(fn=cmd_report)
 
     c = sub.add_parser("ops", help="list the registered ops")

@@ -18,15 +18,23 @@ from archdsl.ir.printer import ir_hash
 
 
 def front(study) -> list:
+    """The Pareto front (the best trial of one objective), each architecture (IR hash) once: a duplicate
+    trial copies its values, and two workers may both have trained the same architecture."""
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if "duplicate_of" not in t.user_attrs]
     if len(study.directions) == 1:
         if not done:
             return []
         sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-        return [max(done, key=lambda t: sign * t.value)]
-    # a duplicate (same IR hash, values copied) would list the same architecture twice
-    return sorted((t for t in study.best_trials if "duplicate_of" not in t.user_attrs), key=lambda t: t.values[0])
+        return [max(done, key=lambda t: (sign * t.value, -t.number))]
+    seen, out = set(), []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        h = t.user_attrs.get("ir_hash")
+        if "duplicate_of" in t.user_attrs or (h is not None and h in seen):
+            continue
+        seen.add(h)
+        out.append(t)
+    return sorted(out, key=lambda t: t.values[0])
 
 
 def _losses(study, trials) -> np.ndarray:
@@ -62,10 +70,19 @@ def default_reference(study) -> np.ndarray:
     return np.array(ref)
 
 
-def write_report(study, out: Path, data=None, program=None) -> dict:
-    """Write everything a user needs after a search into `out`; returns the pareto.json content."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(study, out: Path, data=None, program=None, study_dir: Path | None = None) -> dict:
+    """Write everything a user needs after a search into `out`; returns the pareto.json content.
+    `study_dir`: the folder the trials' artifacts (weights) are relative to and confined to; None: no
+    weights are copied (and no test accuracy is measured)."""
+    from archdsl.search.outdir import prepare, write_errors
+    from archdsl.search.storage import file_lock
+
+    out = prepare(out)
+    with write_errors(), file_lock(out / ".report.lock"):  # two searches ending together on one --out
+        return _write(study, out, data, study_dir)
+
+
+def _write(study, out: Path, data, study_dir) -> dict:
     names = study.user_attrs.get("objectives") or [f"objective{i}" for i in range(len(study.directions))]
     members = []
     pareto_dir = out / "pareto"
@@ -73,7 +90,7 @@ def write_report(study, out: Path, data=None, program=None) -> dict:
         shutil.rmtree(pareto_dir)
     pareto_dir.mkdir()
     for t in front(study):
-        members.append(_member(t, names, pareto_dir, data))
+        members.append(_member(t, names, pareto_dir, data, study_dir))
     ref = default_reference(study) if len(study.directions) > 1 else None
     trials = study.get_trials(deepcopy=False)
     summary = {
@@ -87,11 +104,13 @@ def write_report(study, out: Path, data=None, program=None) -> dict:
         summary["hypervolume"] = history[-1] if history else 0.0
         summary["hypervolume_reference"] = ref.tolist()
         _plots(study, out, names, history)
-    (out / "pareto.json").write_text(json.dumps(summary, indent=2))
+    tmp = out / ".pareto.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "pareto.json")  # never half a file, even when the disk fills up
     return summary
 
 
-def _member(t, names, pareto_dir: Path, data) -> dict:
+def _member(t, names, pareto_dir: Path, data, study_dir: Path | None) -> dict:
     from codegen.python_source import emit
 
     entry = {"number": t.number, "objectives": dict(zip(names, t.values)),
@@ -112,8 +131,8 @@ def _member(t, names, pareto_dir: Path, data) -> dict:
     module_py = pareto_dir / f"trial{t.number}.py"
     module_py.write_text(emit(G))
     entry["module"] = str(module_py)
-    weights = t.user_attrs.get("weights")
-    if weights and Path(weights).exists():
+    weights = artifact(study_dir, t.user_attrs.get("weights"), t.number)
+    if weights is not None and weights.is_file():
         dst = pareto_dir / f"trial{t.number}.pt"
         shutil.copyfile(weights, dst)
         entry["weights"] = str(dst)
@@ -122,6 +141,23 @@ def _member(t, names, pareto_dir: Path, data) -> dict:
 
             entry["test_accuracy"] = test_accuracy(G, str(dst), data)
     return entry
+
+
+def artifact(study_dir: Path | None, recorded: str | None, number: int) -> Path | None:
+    """The file a trial's attribute names, relative to the study folder and confined to it: the study
+    database is data, and a path in it must not make the report read (or copy out) any other file. A path
+    recorded absolute by an older archdsl is looked up by its name under the study folder's weights/."""
+    if study_dir is None or not recorded:
+        return None
+    root = Path(study_dir).resolve()
+    rel = Path(recorded)
+    if rel.is_absolute():
+        rel = Path("weights") / rel.name
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root / "weights"):
+        raise ArchError(f"trial {number}'s weights path {recorded!r} leads outside the study folder {root}/weights",
+                        hint="the study database was edited or comes from elsewhere; refusing to read that file")
+    return path
 
 
 _UNITS = {"accuracy": "validation accuracy", "latency": "latency (ms, deploy graph)", "params": "parameters",

@@ -30,6 +30,49 @@ SETTINGS = {"trials": int, "timeout": (int, float), "model": str, "seed": int, "
             "val_fraction": float, "jobs": int}
 
 
+@dataclass(frozen=True)
+class Arg:
+    """What one argument of an objective (or one search setting) accepts: a type and a closed range, or a
+    list of choices. `low_open`: the low bound itself is refused (a learning rate of 0)."""
+
+    kind: type | tuple
+    low: float | None = None
+    high: float | None = None
+    choices: tuple = ()
+    low_open: bool = False
+
+    def problem(self, value) -> str | None:
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            names = "a number" if float in kinds else "a whole number" if int in kinds else "a name"
+            return f"is {_shown(value)}, expected {names}"
+        if self.choices and value not in self.choices:
+            return f"is {_shown(value)}, expected one of {', '.join(self.choices)}"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"is {_shown(value)}, expected {'above' if self.low_open else 'at least'} {_shown(self.low)}"
+        if self.high is not None and value > self.high:
+            return f"is {_shown(value)}, expected at most {_shown(self.high)}"
+        return None
+
+
+def _shown(v) -> str:
+    return f'"{v}"' if isinstance(v, str) else "a list" if isinstance(v, list) else str(v)
+
+
+NUMBER = (int, float)
+# Each objective argument's type and range, checked before the study starts (one row per argument; an
+# argument allowed by METRICS without a row here is passed on unchecked).
+ARG_RULES = {
+    "accuracy": {"epochs": Arg(int, 1, 100_000), "batch": Arg(int, 1, 1 << 20), "lr": Arg(NUMBER, 0, 10, low_open=True),
+                 "weight_decay": Arg(NUMBER, 0, 10)},
+    "latency": {"batch": Arg(int, 1, 1 << 16), "device": Arg(str, choices=("cpu", "cuda")),
+                "precision": Arg(str, choices=("fp32", "bf16", "fp16")), "runs": Arg(int, 1, 100_000)},
+    "memory": {"batch": Arg(int, 1, 1 << 20)},
+}
+SETTING_RULES = {"trials": Arg(int, 1), "timeout": Arg(NUMBER, 0, low_open=True), "jobs": Arg(int, 1),
+                 "val_fraction": Arg(NUMBER, 0, 1, low_open=True), "sampler": Arg(str, choices=("nsga2", "tpe", "random", "grid"))}
+
+
 @dataclass
 class Objective:
     metric: str
@@ -81,6 +124,10 @@ def _objective(program, item: A.SearchItem) -> Objective:
                 raise ArchError(f"{name}() has no argument '{k}'", e.span,
                                 hint=did_you_mean(k, allowed) or f"it takes {', '.join(sorted(allowed)) or 'none'}")
             args[k] = _const(program, v)
+            rule = ARG_RULES.get(name, {}).get(k)
+            problem = rule.problem(args[k]) if rule else None
+            if problem:
+                raise ArchError(f"{name}({k} = ...) {problem}", getattr(v, "span", None) or e.span)
     return Objective(name, item.kind, args, item.span)
 
 
@@ -97,6 +144,20 @@ def constraint_names(expr) -> set:
                 if isinstance(x, A.Node):
                     out |= constraint_names(x)
     return out
+
+
+def _check_constraint(program, expr) -> None:
+    """Evaluate a constraint once with every metric at 1: `params < "x"` or `params + 1` (not a
+    comparison) fails here, with its line, instead of in every trial."""
+    from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
+    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.values import CONSTANTS
+
+    env = dict(CONSTANTS, **{m: 1.0 for m in (*METRICS, "latency_ms")})
+    value = Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=env), Ctx(refs={}))
+    if not isinstance(value, bool):
+        raise ArchError(f"a constraint must be a comparison such as `params < 50k` (this one gives {_shown(value)})",
+                        expr.span)
 
 
 def load_spec(program: A.Program, search: str | None = None, overrides: dict | None = None) -> SearchSpec:
@@ -140,6 +201,10 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
             value = _const(program, item.value) if not isinstance(item.value, A.Name) else item.value.id
             if not isinstance(value, SETTINGS[item.name]) or isinstance(value, bool):
                 raise ArchError(f"search setting {item.name} = {value!r} has the wrong type", item.span)
+            rule = SETTING_RULES.get(item.name)
+            problem = rule.problem(value) if rule else None
+            if problem:
+                raise ArchError(f"search setting {item.name} {problem}", item.span)
             settings[item.name] = value
         elif item.kind == "annotation":
             raise ArchError("annotations in a search section are not supported; put @precision(choice(...)) on "
@@ -151,6 +216,7 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
             name = sorted(unknown)[0]
             raise ArchError(f"constraint uses '{name}', which is not a metric", c.span,
                             hint=did_you_mean(name, known) or f"metrics: {', '.join(sorted(known))}")
+        _check_constraint(program, c)
     if not objectives:
         raise ArchError(f"search '{s.name}' declares no objective", s.span,
                         hint="add e.g. `maximize accuracy(epochs = 10)` and `minimize latency(batch = 1)`")

@@ -22,7 +22,11 @@ import torch
 
 from archdsl.errors import ArchError
 from archdsl.search.data import load
+from archdsl.search.interrupt import Interrupts, StopAt, done, requeue_interrupted, retries_waiting, \
+    why_none_completed
+from archdsl.search.outdir import prepare, write_errors
 from archdsl.search.spec import load_spec
+from archdsl.search.storage import check_sqlite, lock_for, sqlite_file
 from archdsl.search.train import TrialFailed
 from archdsl.search.trial import TrialRunner
 
@@ -53,6 +57,9 @@ def heartbeat_timing() -> tuple[int, int]:
 
 def make_storage(url: str | None, out: Path):
     interval, grace = heartbeat_timing()
+    db = sqlite_file(url, out)
+    if db is not None:
+        check_sqlite(db)
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(out / 'study.db').resolve()}"
@@ -124,15 +131,16 @@ def _grid(program, spec, fixed):
     return {name: _categories(d.labels) for name, d in r.dims.items() if name not in fixed}
 
 
-def _seed_offset(study, storage_url: str | None) -> int:
+def _seed_offset(study, storage_url: str | None, starts: int = 0) -> int:
     """What to add to --seed so that a sampler does not replay proposals already made: a resumed study
     would otherwise propose the architectures of its first trials again (duplicates that use up the trial
     budget), and workers started together on a shared storage would propose the same ones in lockstep (each
     architecture trained twice, since neither is complete when the other starts). 0 for a new study in a
     local folder (a fresh run with a given seed is reproducible); the trials already in the study when
-    resuming; and, with --storage, the worker's host and process as well (runs of several workers are not
-    reproducible anyway)."""
-    offset = len(study.get_trials(deepcopy=False))
+    resuming, and the runs started on it before (`starts`: two processes started together on one --out
+    see the same trials); with --storage, the worker's host and process as well (runs of several workers
+    are not reproducible anyway)."""
+    offset = len(study.get_trials(deepcopy=False)) + 1_000_003 * starts
     if storage_url is not None:
         import socket
         import zlib
@@ -145,14 +153,17 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
                seed: int | None, fixed: dict):
     directions = [o.direction for o in spec.objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(storage_url, out)
     name = sampler or spec.settings.get("sampler")
     grid = _grid(program, spec, fixed) if name == "grid" else None  # --sampler grid or `sampler = grid`
-    study = optuna.create_study(
-        study_name=study_name or spec.name, storage=storage, directions=directions, load_if_exists=True,
-        sampler=make_sampler(name, len(directions), seed, grid),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
-    offset = _seed_offset(study, storage_url)
+    with lock_for(sqlite_file(storage_url, out)):  # processes starting together on one SQLite file take turns
+        storage = make_storage(storage_url, out)
+        study = optuna.create_study(
+            study_name=study_name or spec.name, storage=storage, directions=directions, load_if_exists=True,
+            sampler=make_sampler(name, len(directions), seed, grid),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+        starts = study.user_attrs.get("starts", 0)
+        study.set_user_attr("starts", starts + 1)
+    offset = _seed_offset(study, storage_url, starts)
     if seed is not None and offset:
         study.sampler = make_sampler(name, len(directions), (seed + offset) % 2**31, grid)
     saved = study.user_attrs.get("objectives")
@@ -161,6 +172,9 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         raise ArchError(f"study '{study.study_name}' was created with objectives {saved}, not {names}",
                         hint="use another --study name or --out folder for a different search")
     if saved is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "experimental" in Optuna
+            study.set_metric_names([o.metric for o in spec.objectives])  # optuna-dashboard's axis labels
         study.set_user_attr("objectives", names)
         study.set_user_attr("file", program.file)
         study.set_user_attr("dataset", spec.dataset)
@@ -177,39 +191,70 @@ def _check_fixed(program, spec, fixed: dict) -> None:
     archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
 
 
+class RunEnded(Exception):
+    """A search that ended without the results asked for: interrupted (Ctrl-C), or no trial of the run
+    completed. Carries what run_search returns, so the caller can still write the report."""
+
+    def __init__(self, message: str, study, spec, data, seconds: float, status: int):
+        super().__init__(message)
+        self.message, self.status = message, status
+        self.results = (study, spec, data, seconds)
+
+
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
                jobs: int = 1, storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
                seed: int | None = 0, out: Path = Path("runs/search"), fixed: dict | None = None,
                progress: bool = True, settings: dict | None = None):
+    """Run (or resume) the search; returns (study, spec, data, seconds). Raises RunEnded when interrupted
+    or when every trial of this run failed or was infeasible."""
     spec = load_spec(program, search, settings)
     trials = trials if trials is not None else int(spec.settings.get("trials", 20))
     timeout = timeout if timeout is not None else spec.settings.get("timeout")
     seed = seed if seed is not None else int(spec.settings.get("seed", 0))
     jobs = jobs if jobs and jobs > 1 else int(spec.settings.get("jobs", jobs or 1))
     _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
+    out = prepare(out)
     data = load(spec.dataset, spec.dataset_args, spec.span, float(spec.settings.get("val_fraction", 0.2)))
-    out = Path(out)
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
     runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0)
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    remaining = max(0, trials - done)
-    callbacks = [optuna.study.MaxTrialsCallback(trials, states=FINISHED)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental" in Optuna
+        optuna.storages.fail_stale_trials(study)  # a trial left RUNNING by a killed run: failed and queued again
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    remaining = max(0, trials - done(study), retries_waiting(study))
+    callbacks = [StopAt(trials)]
     display = None
     if progress and remaining:
         from archdsl.search.progress import Progress
 
         display = Progress(study, spec, trials, timeout)
         callbacks.append(display.on_trial)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs each failed trial with its traceback; the reason is kept with the trial (user attr
+    # "error" or "interrupted") and summed up at the end, and a traceback reads as a crash
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     t0 = time.perf_counter()
+    interrupted = False
     try:
         if display:
             display.start()
         if remaining:
-            study.optimize(runner, n_trials=remaining, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
-                           catch=(TrialFailed, RuntimeError, ValueError, ArchError), gc_after_trial=True)
+            with runner.interrupts, write_errors():
+                study.optimize(runner, n_trials=remaining, timeout=timeout, n_jobs=jobs, callbacks=callbacks,
+                               catch=(TrialFailed, RuntimeError, ValueError, ArchError), gc_after_trial=True)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if display:
             display.stop()
-    return study, spec, data, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if interrupted or runner.interrupts.requested:
+        retried = requeue_interrupted(study)
+        again = f"; trial {', '.join(map(str, retried))} runs again" if retried else ""
+        raise RunEnded(f"interrupted after {done(study)} of {trials} trials{again}: run the same command to resume",
+                       study, spec, data, seconds, 130)
+    ran = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state in FINISHED]
+    if ran and not any(t.state == optuna.trial.TrialState.COMPLETE for t in ran):
+        raise RunEnded(f"none of the {len(ran)} trials of this run completed: {why_none_completed(ran)}",
+                       study, spec, data, seconds, 2)
+    return study, spec, data, seconds

@@ -7,6 +7,7 @@ before any training; a trial that breaks (NaN loss, out of memory) is failed wit
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
+from archdsl.search.interrupt import Interrupts
 from archdsl.search.latency import measure
 from archdsl.search.pruning import should_stop
 from archdsl.search.proxies import PROXIES
@@ -69,14 +71,19 @@ class TrialRunner:
         self.fixed = fixed
         self.seed = seed
         self.model = spec.settings.get("model")
+        self.interrupts = Interrupts()  # run_search installs its SIGINT handling here
 
     # ----- the objective
     def __call__(self, trial: optuna.Trial):
         try:
-            return self._objective(trial)
+            with self.interrupts.trial():
+                return self._objective(trial)
         except (TrialFailed, RuntimeError, ValueError, ArchError) as e:
             # Optuna only logs why a trial failed: keep the reason with the trial (user attr "error")
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # not a failure of the architecture: retried next run
             raise
 
     def _objective(self, trial: optuna.Trial):
@@ -194,6 +201,7 @@ class TrialRunner:
         curve = []
 
         def report(epoch, acc):
+            self.interrupts.check()
             curve.append(acc)
             trial.set_user_attr("val_curve", curve)
             if not multi:
@@ -220,7 +228,7 @@ class TrialRunner:
         tmp = path.with_suffix(".tmp")
         torch.save(module.state_dict(), tmp)
         os.replace(tmp, path)
-        trial.set_user_attr("weights", str(path))
+        trial.set_user_attr("weights", str(path.relative_to(self.out)))  # relative: the folder may move
 
 
 def _deploy(G, module):
@@ -242,5 +250,10 @@ def test_accuracy(G, weights: str, data) -> float | None:
     if not weights or not Path(weights).exists():
         return None
     module = archdsl.compile(G)
-    module.load_state_dict(torch.load(weights, weights_only=True))
+    try:
+        module.load_state_dict(torch.load(weights, weights_only=True))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as e:
+        # not a state dict (weights_only refuses a crafted pickle), truncated, or another model's
+        raise ArchError(f"cannot load the weights {weights}: {str(e).splitlines()[0][:300]}",
+                        hint="the file is damaged or belongs to another architecture; rerun the trial's search") from None
     return evaluate(module, data.x_test, data.y_test)

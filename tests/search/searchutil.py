@@ -104,3 +104,29 @@ def dominates(a, b, directions) -> bool:
     la = [s * v for s, v in zip(sign, a)]
     lb = [s * v for s, v in zip(sign, b)]
     return all(x <= y for x, y in zip(la, lb)) and any(x < y for x, y in zip(la, lb))
+
+
+def signal_mid_trial(proc: subprocess.Popen, out: Path, name: str, sig: int, complete: int = 1,
+                     timeout: float = 150.0) -> list | None:
+    """Send `sig` to a search child once `complete` trials of study `name` in OUT/study.db are complete and
+    another has been running for a moment (so the signal lands inside a trial); wait for it to exit.
+    Returns the trials as they were just before the signal, or None when the search ended first."""
+    import datetime
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return None
+        try:
+            trials = load_study(out, name).get_trials(deepcopy=True) if (Path(out) / "study.db").exists() else []
+        except Exception:  # the study (or its tables) not created yet, or the database busy: look again
+            trials = []
+        running = [t for t in trials if t.state == S.RUNNING]
+        if sum(t.state == S.COMPLETE for t in trials) >= complete and running \
+                and (datetime.datetime.now() - running[0].datetime_start).total_seconds() > 0.3:
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+            return trials
+        time.sleep(0.05)
+    raise AssertionError(f"the search did not reach {complete} complete trials in {timeout:.0f}s")

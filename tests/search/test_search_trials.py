@@ -50,7 +50,7 @@ def test_infeasible_trials_are_pruned_with_reason_and_never_trained(tmp_path, co
         assert not {"accuracy", "weights", "val_curve"} & set(t.user_attrs), t.user_attrs
         assert not (out / "weights" / f"trial{t.number}.pt").exists()
     assert len(count_training) == 1  # only the feasible trial trained
-    assert ok.user_attrs["params"] < 1000 and Path(ok.user_attrs["weights"]).exists()
+    assert ok.user_attrs["params"] < 1000 and (out / ok.user_attrs["weights"]).is_file()
     assert ok.value == ok.user_attrs["accuracy"]
 
 
