@@ -8,13 +8,13 @@ result later); ``stage: for i in 0..4 {...}`` and ``block: repeat n {...}`` give
 """
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass, replace
 
 import networkx as nx
 
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
+from archdsl.frontend.names import input_name, segment
 from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop, index,
                                      is_search_call, show, unknown_name)
@@ -66,6 +66,7 @@ class Elaborator:
         self.resolver = resolver
         self.G: nx.DiGraph | None = None
         self.taken: set[str] = set()  # every node name and every prefix of one
+        self.suffix: dict[tuple, int] = {}  # (path, base name) -> the next free numeric suffix
         self.depth = 0
         self.inline_choices: dict = {}
 
@@ -126,7 +127,7 @@ class Elaborator:
         if not dims or len(dims) > 4 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
             raise ArchError(f"input shape must be 1 to 4 positive integers (channels first, no batch), got "
                             f"{show(dims)}", s.span, hint="e.g. input image[3, 224, 224] or input seq[1, 40]")
-        name = self._check_ident(s.name, s.span)
+        name = input_name(s.name)
         self._take(name)
         add_op(self.G, name, "input", [], shape=tuple(dims), span=s.span, precision=ctx.precision,
                layout=ctx.layout)
@@ -134,7 +135,7 @@ class Elaborator:
         return Tensor(name, tuple(dims))
 
     def _labeled(self, s: A.Labeled, frame, ctx, current):
-        label = self._check_ident(s.label, s.span)
+        label = s.label
         if isinstance(s.stmt, A.For):
             out = self._for(s.stmt, frame, ctx, current, label)
         elif isinstance(s.stmt, A.Repeat):
@@ -414,18 +415,17 @@ class Elaborator:
     def _qual(self, ctx: Ctx, name: str) -> str:
         return ".".join(ctx.path + (name,))
 
-    def _check_ident(self, name: str, span: Span) -> str:
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise ArchError(f"'{name}' cannot be used as a name (it is a Python keyword)", span,
-                            hint="names become attribute names in the emitted PyTorch module; pick another")
-        return name
-
     def _segment(self, path: tuple, base: str) -> str:
-        base = base if not keyword.iskeyword(base) else base + "_"
-        seg, i = base, 0
+        base = segment(base)  # `forward`, `to`, `class` ... become `forward_`: see frontend/names.py
+        # Resume counting where the last `base` under this path stopped: `repeat 200000 { relu }` would be
+        # quadratic if every name searched relu, relu_1, ... from the start again.
+        key = (path, base)
+        i = self.suffix.get(key, 0)
+        seg = f"{base}_{i}" if i else base
         while ".".join(path + (seg,)) in self.taken:
             i += 1
             seg = f"{base}_{i}"
+        self.suffix[key] = i + 1
         self._take(".".join(path + (seg,)))
         return seg
 

@@ -115,7 +115,7 @@ class OpSpec:
 
 def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
     def bad(what: str) -> ArchError:
-        return ArchError(f"{op}(): attribute '{attr.name}' {what}, got {value!r}")
+        return ArchError(f"{op}(): attribute '{attr.name}' {what}, got {_show(value)}")
 
     kind = attr.kind
     if kind == "int":
@@ -125,7 +125,7 @@ def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("must be a number")
-        value = float(value)
+        value = _float32(op, attr, value)
     elif kind == "bool":
         if not isinstance(value, bool):
             raise bad("must be true or false")
@@ -148,12 +148,29 @@ def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
             raise bad("must be a list of numbers")
-        value = tuple(float(v) for v in items)
+        value = tuple(_float32(op, attr, v) for v in items)
     if attr.check is not None:
         complaint = attr.check(value)
         if complaint:
-            raise ArchError(f"{op}(): attribute '{attr.name}' {complaint}, got {value!r}")
+            raise ArchError(f"{op}(): attribute '{attr.name}' {complaint}, got {_show(value)}")
     return value
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(op: str, attr: Attr, v) -> float:
+    """A float attribute becomes a parameter or buffer value of a float32 module: it must fit there."""
+    if abs(v) > FLOAT32_MAX:
+        raise ArchError(f"{op}(): attribute '{attr.name}' = {v:g} does not fit in a 32-bit float",
+                        hint="float attributes must stay within about 3.4e38")
+    return float(v)
+
+
+def _show(v) -> str:
+    from archdsl.frontend.values import show  # how the value reads in .arch source, never a Python repr
+
+    return show(v)
 
 
 # Common checks, so op modules state constraints declaratively.
