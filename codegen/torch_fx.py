@@ -121,6 +121,9 @@ class ArchGraphModule(fx.GraphModule):
 
 
 def to_graph_module(G: nx.DiGraph) -> fx.GraphModule:
+    from archdsl.ir.memory import check
+
+    check(G)  # before allocating: `linear(1000000000000)` is an error at its line, not an out-of-memory crash
     mods = build_modules(G)
     gm = ArchGraphModule(_hierarchy(mods), build_graph(G), class_name=G.graph.get("name") or "Model")
     gm.archdsl_ir = G  # the IR it came from: emit, deploy and reports read it

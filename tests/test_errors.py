@@ -385,7 +385,11 @@ TOKENS = [">>", "{", "}", "(", ")", "[", "]", ",", "=", ":", "$", "@", "..", "re
           "3.5", "true", "x", "k", "conv", "relu", "choice(1, 2)", "int(1, 3)", "float(0, 1)", "*", "//", "**",
           "%", "/", "-", "+", "not", "and", "==", ";", "\n", "#", '"s"', "precision", "layout", "bf16",
           "@precision(bf16)", "$x", "concat", "gap", "linear", "999999999999", "1e308", "1e999", "0.0", "search",
-          "over", "maximize", "class", "dims[9]", "$s", "mixer", "size", "{ }"]
+          "over", "maximize", "class", "dims[9]", "$s", "mixer", "size", "{ }",
+          # issue 13: names Python or torch own, compiler-internal ops, sizes that overflow, runaway growth
+          "forward", "training", "none", "to", "__class__", "self", "torch", "F", "cast", "fused", "quantize",
+          "int8_linear", "1" * 30, "1" * 400 + ".0", "layerscale(1e300)", "upsample(9" + "9" * 20 + ")",
+          "x = x + x", "for i in 0..99 {", "if true {", "**" * 3, '"\x00.arch"', "@precision(fp16) poolmix"]
 CHARS = list("(){}[]$@,:;=>-+*/#\"0123456789xk. \n\t_")
 
 
@@ -401,7 +405,8 @@ def _check(text: str, file: str, overrides: dict):
                 raise
     except ArchError as e:
         assert isinstance(e.message, str) and e.message
-        e.format()
+        text = e.format() + (e.hint or "")
+        assert not any(r in text for r in ("OpValue(", "Closure(", "Tensor(node", " object at 0x")), text
 
 
 def _mutate(text: str, mutations) -> str:

@@ -19,7 +19,7 @@ from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop, index,
                                      is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
-from archdsl.ops.registry import get_op, has_op
+from archdsl.ops.registry import get_op, has_op, user_op_names
 
 MAX_NODES = 200_000  # a runaway `repeat` should fail with a message, not eat the machine
 MERGES = {"sum": "add", "add": "add", "concat": "concat", "mul": "mul"}
@@ -244,14 +244,19 @@ class Elaborator:
 
     def _op(self, value: OpValue, current: Tensor, ctx, span, hint):
         spec = get_op(value.name)
+        if spec.internal:
+            raise ArchError(f"'{value.name}' is internal to the compiler: its passes insert it, an .arch file "
+                            f"cannot call it", value.span or span,
+                            hint="run `archdsl ops` for the ops a file can use; precision is set with @precision")
         tensors = [a for a in value.args if isinstance(a, Tensor)]  # `concat($stem)`: extra inputs
         args = [a for a in value.args if not isinstance(a, Tensor)]
         ins = [current] + tensors
         shapes = [t.shape for t in ins]
         if spec.arity > 0 and len(ins) != spec.arity:
             raise ArchError(f"{spec.name}() takes {spec.arity} input tensor(s), got {len(ins)}", span)
-        if ctx.precision not in spec.precisions:
-            raise ArchError(f"{spec.name} cannot run at {ctx.precision}", value.span or span,
+        problem = spec.precision_problem(ctx.precision, shapes)
+        if problem:
+            raise ArchError(problem, value.span or span,
                             hint=f"{spec.name} runs at {', '.join(spec.precisions)}; annotate it with "
                                  f"@precision({spec.precisions[0]})")
         try:
@@ -389,10 +394,7 @@ class Elaborator:
             raise ArchError(f"'{name}' is {show(value)}, not an op or block", span)
         if name in self.program.blocks or has_op(name):
             return OpValue(name, (), {}, span)
-        candidates = set(self.program.blocks) | frame.names()
-        from archdsl.ops.registry import _ALIASES, _REGISTRY
-
-        candidates |= set(_REGISTRY) | set(_ALIASES)
+        candidates = set(self.program.blocks) | frame.names() | user_op_names()
         raise ArchError(f"unknown op '{name}'", span,
                         hint=did_you_mean(name, candidates) or "run `archdsl ops` to list the ops")
 

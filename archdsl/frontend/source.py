@@ -35,11 +35,12 @@ def read_source(path: str | Path, span: Span | None = None, what: str = "read", 
         fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
         raise ArchError(f"cannot {what} '{shown}': {e.strerror}", span, hint=fix) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise ArchError(f"cannot {what} '{shown}': it is {kind}", span, hint="name an .arch text file")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, FIFO or socket)"
-            raise ArchError(f"cannot {what} '{shown}': it is {kind}", span, hint="name an .arch text file")
         limit = _limit()
         try:
             data = f.read(limit + 1)

@@ -17,6 +17,7 @@ from archdsl.errors import ArchError, did_you_mean
 
 Shape = tuple[int, ...]
 REQUIRED = object()
+INTERNAL_CATEGORIES = ("kernel", "compiler")
 
 # Attribute kinds. "ints" is an int or a list of ints, expanded to one entry per spatial dim of the input.
 KINDS = ("int", "float", "bool", "str", "ints", "floats", "any")
@@ -65,10 +66,29 @@ class OpSpec:
     flop_counter_exact: bool = True
     # Precisions the op can run at (there is no integer FFT, for instance); elaboration rejects the rest.
     precisions: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
+    # Spatial ranks at which the half-precision floats (bf16, fp16) run, when not all: torch has no CPU kernel
+    # for some (3-D average pooling in bf16/fp16), so `@precision(bf16)` there is refused at check time.
+    half_spatial_dims: tuple[int, ...] | None = None
     # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
     min_input_rank: int = 1
+    # Inserted by the compiler's passes, never called from an .arch file (the front end refuses it). Ops of
+    # the "kernel" and "compiler" categories (cast, quantize, int8_*, fused, ...) are internal by default.
+    internal: bool | None = None
+
+    def __post_init__(self):
+        if self.internal is None:
+            self.internal = self.category in INTERNAL_CATEGORIES
+
+    def precision_problem(self, precision: str, ins: list[Shape]) -> str | None:
+        """Why the op cannot run at `precision` on inputs of these shapes (None when it can)."""
+        if precision not in self.precisions:
+            return f"{self.name} cannot run at {precision}"
+        dims = len(ins[0]) - 1 if ins else 0
+        if precision in ("bf16", "fp16") and self.half_spatial_dims is not None and dims not in self.half_spatial_dims:
+            return f"{self.name} cannot run at {precision} on a {dims}-D input (torch has no such kernel)"
+        return None
 
     def bind(self, args: Sequence, kwargs: dict, ins: list[Shape]) -> Attrs:
         """Check a call's arguments against the declared attributes; return the validated Attrs.
@@ -224,6 +244,12 @@ def has_op(name: str) -> bool:
 def all_ops() -> list[OpSpec]:
     _load_all()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def user_op_names() -> set[str]:
+    """Names (and aliases) an .arch file may call: every op that is not internal."""
+    _load_all()
+    return {n for n in set(_REGISTRY) | set(_ALIASES) if not get_op(n).internal}
 
 
 _loaded = False
