@@ -16,8 +16,8 @@ from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name, segment
 from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
-from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop, index,
-                                     is_search_call, show, unknown_name)
+from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
+                                     checked_number, index, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
 from archdsl.ops.registry import get_op, has_op, user_op_names
 
@@ -362,7 +362,7 @@ class Elaborator:
                 return not v
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ArchError(f"cannot negate {show(v)}", e.span)
-            return -v
+            return checked_number(-v, f"-{show(v)}", e.span)
         if isinstance(e, A.BoolOp):
             vals = [self.eval(x, frame, ctx) for x in e.items]
             return all(vals) if e.op == "and" else any(vals)
@@ -379,8 +379,8 @@ class Elaborator:
         if e.func in FUNCTIONS and not frame.lookup(e.func)[0]:
             if kwargs:
                 raise ArchError(f"{e.func}() takes no named arguments", e.span)
-            try:
-                return FUNCTIONS[e.func](e.span, *args)
+            try:  # round(1e300) is an integer of 301 digits: results are checked like literals
+                return checked_number(FUNCTIONS[e.func](e.span, *args), f"{e.func}(...)", e.span)
             except TypeError:
                 raise ArchError(f"wrong number of arguments for {e.func}()", e.span) from None
         base = self._callable(e.func, e.span, frame)

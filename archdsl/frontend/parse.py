@@ -189,7 +189,7 @@ class _ToAst(Transformer):
 
     def number(self, meta, c):
         span = self._s(meta)
-        value = checked_number(_number(str(c[0]), span), f"the number {c[0]}", span)
+        value = checked_number(_number(str(c[0]), span), str(c[0]), span)
         return A.Const(self._s(meta), value, str(c[0]))
 
     def string(self, meta, c):

@@ -54,7 +54,7 @@ def read_source(path: str | Path, span: Span | None = None, what: str = "read", 
 
 def _decode(data: bytes, name: str) -> str:
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark some editors write is not part of the text
     except UnicodeDecodeError as e:
         remember_source(name, data.decode("utf-8", errors="replace"))  # so the error can quote the line
         before = data[:e.start]

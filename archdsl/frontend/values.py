@@ -95,7 +95,7 @@ def checked_number(value, what: str, span: Span | None):
         size = ": it is too large" if math.isinf(value) else ""
         raise ArchError(f"{what} is not a finite number{size}", span, hint="numbers must stay within about 1e308")
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-        raise ArchError(f"number too large in {what}", span, hint="integers are limited to 10**18")
+        raise ArchError(f"number too large: {what}", span, hint="integers are limited to 10**18")
     return value
 
 
@@ -121,13 +121,13 @@ def binop(op: str, a, b, span: Span):
                         hint="arithmetic works on numbers; '+' also joins lists and strings")
     what = f"{show(a)} {op} {show(b)}"
     if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b * math.log2(abs(a)) > 64:
-        raise ArchError(f"number too large in {what}", span)  # before computing it
+        raise ArchError(f"number too large: {what}", span)  # before computing it
     try:
         out = _BINOPS[op](a, b)
     except ZeroDivisionError:
         raise ArchError(f"division by zero in {what}", span) from None
     except OverflowError:
-        raise ArchError(f"number too large in {what}", span) from None
+        raise ArchError(f"number too large: {what}", span) from None
     return checked_number(out, what, span)
 
 
