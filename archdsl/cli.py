@@ -197,8 +197,8 @@ def cmd_compile(args) -> int:
     import archdsl
     from codegen.python_source import emit
 
-    out = output_file(args.output, "-o")  # before the work: a bad path should not cost a build
-    weights = output_file(args.weights, "--weights") if args.weights is not None else None
+    out = output_file(args.output, "-o", keep=[args.file])  # before the work: a bad path should not cost a build
+    weights = output_file(args.weights, "--weights", keep=[args.file, out]) if args.weights is not None else None
     _deploy_mode(args)
     _, G = _load(args)
     from archdsl.passes.lower_precision import simulated_notice
@@ -231,7 +231,7 @@ def cmd_compile(args) -> int:
 def cmd_show(args) -> int:
     from archdsl.ir.show import render
 
-    out = output_file(args.output, "-o")
+    out = output_file(args.output, "-o", keep=[args.file])
     _, G = _load(args)
     print(render(G, out, args.depth))
     return 0

@@ -26,9 +26,13 @@ def _existing_ancestor(p: Path) -> Path:
     return Path(".")
 
 
-def output_file(value, flag: str) -> Path:
-    """A file the command will write: its directory exists and it is not itself a directory."""
+def output_file(value, flag: str, keep=()) -> Path:
+    """A file the command will write: its directory exists, it is not a directory, and it is none of `keep`
+    (the command's input files: `compile net.arch -o net.arch` must not destroy the source)."""
     p = _path(value, flag)
+    if any(p.resolve() == Path(k).resolve() for k in keep):
+        raise ArchError(f"{flag} {p} would overwrite a file this command reads or writes",
+                        hint="write the output to another path")
     if p.is_dir():
         raise ArchError(f"{flag} {p} is a directory", hint=f"name a file, e.g. {flag} {p / 'model.py'}"
                         if flag != "--weights" else f"name a file, e.g. {flag} {p / 'weights.pt'}")

@@ -300,6 +300,20 @@ def test_every_bad_output_path_is_an_error(tmp_path, capsys, case, command):
     assert text.startswith("error: ") and (flag in text or "cannot draw to '/dev/full'" in text)
 
 
+def test_an_output_never_overwrites_the_input(tmp_path, capsys):
+    src = arch(tmp_path, "  relu")
+    before = src.read_text()
+    for argv in (["compile", src, "-o", src], ["compile", src, "-o", tmp_path / "m.py", "--weights", src],
+                 ["compile", src, "-o", tmp_path / "m.py", "--weights", tmp_path / "m.py"],
+                 ["show", src, "-o", tmp_path / "net.arch.dot"]):
+        code, text = run(capsys, *argv)
+        if argv[0] == "show":
+            assert code == 0  # another file
+            continue
+        assert code == 2 and "would overwrite a file this command reads or writes" in text
+    assert src.read_text() == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--runs", "0"], "argument --runs: must be 1 or more, got 0"),
     (["--warmup", "-5"], "argument --warmup: must be 0 or more, got -5"),
