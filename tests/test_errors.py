@@ -393,16 +393,20 @@ TOKENS = [">>", "{", "}", "(", ")", "[", "]", ",", "=", ":", "$", "@", "..", "re
 CHARS = list("(){}[]$@,:;=>-+*/#\"0123456789xk. \n\t_")
 
 
-def _check(text: str, file: str, overrides: dict):
+def _check(text: str, file: str, overrides: dict, emit_too: bool = False):
     try:
         program = archdsl.parse(text, file=file)
         try:
-            archdsl.build(program, **overrides)
+            G = archdsl.build(program, **overrides)
         except ArchError as e:
             if overrides and "--set" in e.message:  # the mutation removed an overridden parameter
-                archdsl.build(program)
+                G = archdsl.build(program)
             else:
                 raise
+        if emit_too:  # whatever names the mutation made up, the emitted file is valid Python
+            from codegen.python_source import emit
+
+            compile(emit(G), "<emitted>", "exec")
     except ArchError as e:
         assert isinstance(e.message, str) and e.message
         text = e.format() + (e.hint or "")
@@ -440,7 +444,7 @@ def test_random_text_only_raises_arch_error(text):
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(TINY), st.lists(MUTATION, min_size=1, max_size=4))
 def test_mutated_small_programs_only_raise_arch_error(base, mutations):
-    _check(_mutate(base, mutations), "<text>", {})
+    _check(_mutate(base, mutations), "<text>", {}, emit_too=True)
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
