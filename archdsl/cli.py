@@ -7,6 +7,7 @@ ARCHDSL_DEBUG=1 to see it.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from archdsl.errors import ArchError
+from archdsl.outputs import output_dir, output_file, write
 
 
 def _overrides(program, pairs: list[str]) -> dict:
@@ -43,6 +45,7 @@ def cmd_check(args) -> int:
 
     if args.samples:
         return _check_samples(args)
+    _deploy_mode(args)  # option errors before the work
     _, G = _load(args)
     G, results = _deploy_graph(args, G)
     info = summary(G) | {"ir_hash": ir_hash(G), "blocks": block_table(G, args.depth), "mode": args.mode}
@@ -69,6 +72,8 @@ def _deploy_mode(args) -> bool:
                              ("--dump-ir", args.dump_ir)) if on]
     if args.mode != "deploy" and flags:
         raise ArchError(f"{', '.join(flags)}: deploy-graph options, but the mode is train", hint="add --mode deploy")
+    if args.dump_ir is not None:
+        output_dir(args.dump_ir, "--dump-ir")
     return args.mode == "deploy"
 
 
@@ -192,11 +197,14 @@ def cmd_compile(args) -> int:
     import archdsl
     from codegen.python_source import emit
 
+    out = output_file(args.output, "-o", keep=[args.file])  # before the work: a bad path should not cost a build
+    weights = output_file(args.weights, "--weights", keep=[args.file, out]) if args.weights is not None else None
+    _deploy_mode(args)
     _, G = _load(args)
     from archdsl.passes.lower_precision import simulated_notice
 
     module, results = None, None
-    if args.weights:
+    if weights:
         module = archdsl.compile(G)
         if _deploy_mode(args):
             archdsl.api.calibrate(module)  # fresh weights: give int8 observers a range, as compile(mode="deploy")
@@ -209,12 +217,13 @@ def cmd_compile(args) -> int:
     if notice:
         print(f"note: {notice}", file=sys.stderr)
     source = emit(G)
-    out = Path(args.output)
-    out.write_text(source)
+    write(out, source, "-o")
     msg = f"wrote {out} ({len(source.splitlines())} lines)"
-    if args.weights:
-        torch.save(module.state_dict(), args.weights)
-        msg += f" and {args.weights}"
+    if weights:
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        write(weights, buffer.getvalue(), "--weights")
+        msg += f" and {weights}"
     print(msg)
     return 0
 
@@ -222,8 +231,9 @@ def cmd_compile(args) -> int:
 def cmd_show(args) -> int:
     from archdsl.ir.show import render
 
+    out = output_file(args.output, "-o", keep=[args.file])
     _, G = _load(args)
-    print(render(G, Path(args.output), args.depth))
+    print(render(G, out, args.depth))
     return 0
 
 
@@ -233,8 +243,10 @@ def cmd_bench(args) -> int:
     import torch
 
     import archdsl
+    from archdsl.ir.memory import check
 
     _, G = _load(args)
+    check(G, batch=args.batch, what=f"run the model at batch {args.batch}")
     mode = "deploy" if args.backend == "triton" else getattr(args, "mode", "train")
     module = archdsl.compile(G, mode=mode, backend=args.backend,
                              log=lambda msg: print(f"note: {msg}", file=sys.stderr)).eval()
@@ -347,23 +359,25 @@ def cmd_ops(args) -> int:
     table.add_column("op")
     table.add_column("signature")
     table.add_column("what it is")
-    for spec in all_ops():
+    for spec in (s for s in all_ops() if not s.internal):  # what the compiler inserts is no user's business
         name = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
         table.add_row(name, spec.signature(), spec.doc.split("\n")[0])
     Console().print(table)
     return 0
 
 
-def _at_least(low: int):
-    """argparse type: a whole number >= low."""
+def _count(least: int):
+    """An argparse type: a whole number >= `least` (argparse reports anything else with the usage, status 2)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, got {value}")
         return value
+
+    parse.__name__ = "count"
     return parse
 
 
@@ -393,8 +407,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="machine-readable summary")
     c.add_argument("--ir", action="store_true", help="print the IR text dump")
     c.add_argument("--spans", action="store_true", help="with --ir: show the source position of each node")
-    c.add_argument("--depth", type=int, default=1, help="group the table by this many name levels")
-    c.add_argument("--samples", type=int, default=0, help="build N random points of the search space instead")
+    c.add_argument("--depth", type=_count(0), default=1, help="group the table by this many name levels")
+    c.add_argument("--samples", type=_count(0), default=0, help="build N random points of the search space instead")
     c.add_argument("--seed", type=int, default=0, help="with --samples: the random seed")
     _deploy_flags(c)
     c.set_defaults(fn=cmd_check)
@@ -409,14 +423,14 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("show", help="draw the graph (svg/png with graphviz, else dot text)")
     common(c)
     c.add_argument("-o", "--output", required=True, help="graph.svg, graph.png or graph.dot")
-    c.add_argument("--depth", type=int, default=0, help="collapse nodes below this many name levels (0: none)")
+    c.add_argument("--depth", type=_count(0), default=0, help="collapse nodes below this many name levels (0: none)")
     c.set_defaults(fn=cmd_show)
 
     c = sub.add_parser("bench", help="median CPU forward latency of the compiled module")
     common(c)
-    c.add_argument("--batch", type=int, default=1)
-    c.add_argument("--runs", type=int, default=20)
-    c.add_argument("--warmup", type=int, default=3)
+    c.add_argument("--batch", type=_count(1), default=1, help="samples per forward pass (1 or more)")
+    c.add_argument("--runs", type=_count(1), default=20, help="timed forward passes (1 or more)")
+    c.add_argument("--warmup", type=_count(0), default=3, help="untimed forward passes first (0 or more)")
     c.add_argument("--backend", choices=["torch", "triton"], default="torch",
                    help="triton runs the deploy graph's fused groups as Triton kernels (needs a GPU)")
     c.set_defaults(fn=cmd_bench)
@@ -424,9 +438,9 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("search", help="multi-objective architecture search with Optuna (resumable)")
     common(c)
     c.add_argument("--search", help="which search section of the file (default: the last one)")
-    c.add_argument("--trials", type=_at_least(1), help="finished trials the study should reach (default: the file's)")
+    c.add_argument("--trials", type=_count(1), help="finished trials the study should reach (default: the file's)")
     c.add_argument("--timeout", type=_above_zero, help="stop starting trials after this many seconds")
-    c.add_argument("--jobs", type=_at_least(1), default=1, help="trials run in parallel by this process")
+    c.add_argument("--jobs", type=_count(1), default=1, help="trials run in parallel by this process")
     c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
     c.add_argument("--study", help="study name (default: the search section's name)")
     c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
@@ -466,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # the machine, not archdsl: a full disk, a read-only or vanished directory
+        if e.filename is None or os.environ.get("ARCHDSL_DEBUG"):
+            raise
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except Exception as e:  # a bug in archdsl, not in the user's file
         if os.environ.get("ARCHDSL_DEBUG"):
             raise

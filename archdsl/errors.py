@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,11 @@ def remember_source(file: str, text: str) -> None:
 def source_line(span: Span) -> str | None:
     text = _SOURCES.get(span.file)
     if text is None:
+        from archdsl.frontend.source import read_source  # regular UTF-8 files only: never block or echo a device
+
         try:
-            text = Path(span.file).read_text()
-        except OSError:
+            text = read_source(span.file)
+        except ArchError:
             return None
     lines = text.splitlines()
     return lines[span.line - 1] if 0 < span.line <= len(lines) else None
@@ -65,14 +66,25 @@ class ArchError(Exception):
         if self.span:
             line = source_line(self.span)
             if line is not None:
+                line, col = _window(line, self.span.col)
                 out.append(f"    {line}")
-                out.append("    " + " " * (self.span.col - 1) + "^")
+                out.append("    " + " " * (col - 1) + "^")
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
 
     def __str__(self) -> str:
         return self.format()
+
+
+def _window(line: str, col: int, width: int = 100) -> tuple[str, int]:
+    """A long line cut to `width` characters around column `col` (and the column within the cut)."""
+    if len(line) <= width:
+        return line, col
+    start = max(0, min(col - width // 2, len(line) - width))
+    cut = line[start:start + width]
+    head, tail = ("..." if start else ""), ("..." if start + width < len(line) else "")
+    return head + cut + tail, col - start + len(head)
 
 
 def did_you_mean(name: str, candidates) -> str | None:

@@ -14,6 +14,7 @@ import networkx as nx
 from torch import nn
 
 from archdsl.errors import ArchError
+from archdsl.frontend.names import class_name
 from archdsl.ir.graph import shared_with
 from archdsl.quant import LOW_FLOAT_DTYPES
 from codegen.torch_fx import build_graph, module_for
@@ -49,8 +50,8 @@ def _class_ref(cls: type) -> str:
     return cls.__name__
 
 
-def _sources(classes) -> list[str]:
-    """Sources of custom classes and their _emit_deps, dependencies first, each once."""
+def _sources(classes) -> tuple[list[str], set[str]]:
+    """Sources of custom classes and their _emit_deps, dependencies first, each once; and their names."""
     out, seen = [], set()
 
     def visit(obj):
@@ -66,14 +67,11 @@ def _sources(classes) -> list[str]:
 
     for cls in classes:
         visit(cls)
-    return out
+    return out, {obj.__name__ for obj in seen}
 
 
 def emit(G: nx.DiGraph) -> str:
     name = G.graph.get("name") or "Model"
-    cls_name = "".join(p.capitalize() for p in name.split("_")) or "Model"
-    if not cls_name.isidentifier():
-        cls_name = "Model"
     built, classes, containers = [], [], []
     gm_graph = build_graph(G)
     for node in gm_graph.nodes:
@@ -86,8 +84,9 @@ def emit(G: nx.DiGraph) -> str:
         parts = target.split(".")
         for i in range(1, len(parts)):
             prefix = ".".join(parts[:i])
-            if prefix not in containers:
-                containers.append(prefix)
+            if prefix not in containers:  # each container just before its first member, as torch_fx's
+                containers.append(prefix)  # _hierarchy makes them: the state_dict keys come in one order
+                built.append(f"self.{prefix} = nn.Module()")
         args = ", ".join(f"{k}={literal(v)}" for k, v in kwargs.items())
         ctor = f"{_class_ref(cls)}({args})"
         precision = G.nodes[target]["precision"]
@@ -102,13 +101,15 @@ def emit(G: nx.DiGraph) -> str:
                 classes.append(Precision)
             ctor = f"Precision({ctor}, {literal(precision)})"
         built.append(f"self.{target} = {ctor}")
-    init = [f"self.{c} = nn.Module()" for c in containers] + built
+    init = list(built)
     init += _share_lines(G)
     forward = gm_graph.python_code(root_module="self").src
     # The file name goes into a docstring: escape it so no quote or backslash in a path can end it early.
     file = (G.graph.get("file") or "<text>").encode("unicode_escape").decode("ascii").replace('"', '\\"')
     src = HEADER.format(name=name, file=file)
-    src += "\n\n".join(_sources(classes)) + ("\n\n" if classes else "")
+    sources, defined = _sources(classes)
+    cls_name = class_name(name, defined)  # `model none` or `model linear` must not shadow None or Linear
+    src += "\n\n".join(sources) + ("\n\n" if classes else "")
     src += f"class {cls_name}(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
     src += "".join(f"        {line}\n" for line in init)
     src += textwrap.indent(textwrap.dedent(forward).strip("\n"), "    ") + "\n"

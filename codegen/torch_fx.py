@@ -105,6 +105,9 @@ def build_graph(G: nx.DiGraph) -> fx.Graph:
 def lower(G: nx.DiGraph, cls: type = fx.GraphModule) -> fx.GraphModule:
     """The IR as a `cls` (a GraphModule) with freshly initialised weights; it keeps its IR as ``archdsl_ir``
     (emit, deploy and reports read it)."""
+    from archdsl.ir.memory import check
+
+    check(G)  # before allocating: `linear(1000000000000)` is an error at its line, not an out-of-memory crash
     gm = cls(_hierarchy(build_modules(G)), build_graph(G), class_name=G.graph.get("name") or "Model")
     gm.archdsl_ir = G
     return gm

@@ -300,8 +300,8 @@ def test_import_relative_to_the_importing_file(tmp_path):
     assert set(program.models) == {"m"}  # the imported file's model is not imported
     assert len(program.imports) == 2
     G = archdsl.build(program)
-    assert G.nodes["double.conv"]["shape"] == (8, 8)
-    assert G.nodes["double.base.relu"]["op"] == "relu"
+    assert G.nodes["double_.conv"]["shape"] == (8, 8)
+    assert G.nodes["double_.base.relu"]["op"] == "relu"
 
 
 def test_imported_models_are_not_imported_so_no_clash(tmp_path):

@@ -182,11 +182,13 @@ class Program:
     imports: list = field(default_factory=list)  # resolved paths
 
     def model(self, name: str | None = None) -> Definition:
-        from archdsl.errors import ArchError, did_you_mean
+        from archdsl.errors import ArchError, Span, did_you_mean
 
         if name is None:
             if not self.models:
-                raise ArchError(f"{self.file} defines no model", hint="add `model NAME(...) { input x[C, H, W] ... }`")
+                only = f" (only blocks: {', '.join(self.blocks)})" if self.blocks else ""
+                raise ArchError(f"{self.file} defines no model{only}", Span(self.file, 1, 1),
+                                hint="add `model NAME(...) { input x[C, H, W] ... }`")
             return list(self.models.values())[-1]
         if name not in self.models:
             raise ArchError(f"{self.file} has no model '{name}'",

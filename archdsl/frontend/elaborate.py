@@ -8,18 +8,18 @@ result later); ``stage: for i in 0..4 {...}`` and ``block: repeat n {...}`` give
 """
 from __future__ import annotations
 
-import keyword
 from dataclasses import dataclass, replace
 
 import networkx as nx
 
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
+from archdsl.frontend.names import input_name, segment
 from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
-from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop, index,
-                                     is_search_call, show, unknown_name)
+from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
+                                     checked_number, index, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
-from archdsl.ops.registry import get_op, has_op
+from archdsl.ops.registry import get_op, has_op, user_op_names
 
 MAX_NODES = 200_000  # a runaway `repeat` should fail with a message, not eat the machine
 MERGES = {"sum": "add", "add": "add", "concat": "concat", "mul": "mul"}
@@ -66,6 +66,7 @@ class Elaborator:
         self.resolver = resolver
         self.G: nx.DiGraph | None = None
         self.taken: set[str] = set()  # every node name and every prefix of one
+        self.suffix: dict[tuple, int] = {}  # (path, base name) -> the next free numeric suffix
         self.depth = 0
         self.inline_choices: dict = {}
 
@@ -126,7 +127,7 @@ class Elaborator:
         if not dims or len(dims) > 4 or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
             raise ArchError(f"input shape must be 1 to 4 positive integers (channels first, no batch), got "
                             f"{show(dims)}", s.span, hint="e.g. input image[3, 224, 224] or input seq[1, 40]")
-        name = self._check_ident(s.name, s.span)
+        name = input_name(s.name)
         self._take(name)
         add_op(self.G, name, "input", [], shape=tuple(dims), span=s.span, precision=ctx.precision,
                layout=ctx.layout)
@@ -134,7 +135,7 @@ class Elaborator:
         return Tensor(name, tuple(dims))
 
     def _labeled(self, s: A.Labeled, frame, ctx, current):
-        label = self._check_ident(s.label, s.span)
+        label = s.label
         if isinstance(s.stmt, A.For):
             out = self._for(s.stmt, frame, ctx, current, label)
         elif isinstance(s.stmt, A.Repeat):
@@ -243,14 +244,19 @@ class Elaborator:
 
     def _op(self, value: OpValue, current: Tensor, ctx, span, hint):
         spec = get_op(value.name)
+        if spec.internal:
+            raise ArchError(f"'{value.name}' is internal to the compiler: its passes insert it, an .arch file "
+                            f"cannot call it", value.span or span,
+                            hint="run `archdsl ops` for the ops a file can use; precision is set with @precision")
         tensors = [a for a in value.args if isinstance(a, Tensor)]  # `concat($stem)`: extra inputs
         args = [a for a in value.args if not isinstance(a, Tensor)]
         ins = [current] + tensors
         shapes = [t.shape for t in ins]
         if spec.arity > 0 and len(ins) != spec.arity:
             raise ArchError(f"{spec.name}() takes {spec.arity} input tensor(s), got {len(ins)}", span)
-        if ctx.precision not in spec.precisions:
-            raise ArchError(f"{spec.name} cannot run at {ctx.precision}", value.span or span,
+        problem = spec.precision_problem(ctx.precision, shapes)
+        if problem:
+            raise ArchError(problem, value.span or span,
                             hint=f"{spec.name} runs at {', '.join(spec.precisions)}; annotate it with "
                                  f"@precision({spec.precisions[0]})")
         try:
@@ -356,7 +362,7 @@ class Elaborator:
                 return not v
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ArchError(f"cannot negate {show(v)}", e.span)
-            return -v
+            return checked_number(-v, f"-{show(v)}", e.span)
         if isinstance(e, A.BoolOp):
             vals = [self.eval(x, frame, ctx) for x in e.items]
             return all(vals) if e.op == "and" else any(vals)
@@ -373,8 +379,8 @@ class Elaborator:
         if e.func in FUNCTIONS and not frame.lookup(e.func)[0]:
             if kwargs:
                 raise ArchError(f"{e.func}() takes no named arguments", e.span)
-            try:
-                return FUNCTIONS[e.func](e.span, *args)
+            try:  # round(1e300) is an integer of 301 digits: results are checked like literals
+                return checked_number(FUNCTIONS[e.func](e.span, *args), f"{e.func}(...)", e.span)
             except TypeError:
                 raise ArchError(f"wrong number of arguments for {e.func}()", e.span) from None
         base = self._callable(e.func, e.span, frame)
@@ -388,10 +394,7 @@ class Elaborator:
             raise ArchError(f"'{name}' is {show(value)}, not an op or block", span)
         if name in self.program.blocks or has_op(name):
             return OpValue(name, (), {}, span)
-        candidates = set(self.program.blocks) | frame.names()
-        from archdsl.ops.registry import _ALIASES, _REGISTRY
-
-        candidates |= set(_REGISTRY) | set(_ALIASES)
+        candidates = set(self.program.blocks) | frame.names() | user_op_names()
         raise ArchError(f"unknown op '{name}'", span,
                         hint=did_you_mean(name, candidates) or "run `archdsl ops` to list the ops")
 
@@ -414,18 +417,17 @@ class Elaborator:
     def _qual(self, ctx: Ctx, name: str) -> str:
         return ".".join(ctx.path + (name,))
 
-    def _check_ident(self, name: str, span: Span) -> str:
-        if not name.isidentifier() or keyword.iskeyword(name):
-            raise ArchError(f"'{name}' cannot be used as a name (it is a Python keyword)", span,
-                            hint="names become attribute names in the emitted PyTorch module; pick another")
-        return name
-
     def _segment(self, path: tuple, base: str) -> str:
-        base = base if not keyword.iskeyword(base) else base + "_"
-        seg, i = base, 0
+        base = segment(base)  # `forward`, `to`, `class` ... become `forward_`: see frontend/names.py
+        # Resume counting where the last `base` under this path stopped: `repeat 200000 { relu }` would be
+        # quadratic if every name searched relu, relu_1, ... from the start again.
+        key = (path, base)
+        i = self.suffix.get(key, 0)
+        seg = f"{base}_{i}" if i else base
         while ".".join(path + (seg,)) in self.taken:
             i += 1
             seg = f"{base}_{i}"
+        self.suffix[key] = i + 1
         self._take(".".join(path + (seg,)))
         return seg
 

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from archdsl.errors import ArchError, Span, remember_source
 from archdsl.frontend import ast as A
+from archdsl.frontend.values import checked_number
+from archdsl.frontend.source import read_import, read_source
 from grammar import GRAMMAR_FILE
 
 # What a terminal is called in an error message.
@@ -35,7 +36,9 @@ def _span(file, meta) -> Span:
                 getattr(meta, "end_line", None), getattr(meta, "end_column", None))
 
 
-def _number(text: str):
+def _number(text: str, span: Span):
+    if len(text) > 40:  # before int(): a 5,000-digit literal would hit Python's int-conversion limit
+        raise ArchError(f"number {text[:20]}... ({len(text)} characters) is too large", span)
     scale = {"k": 1_000, "M": 1_000_000, "G": 1_000_000_000}.get(text[-1])
     body = text[:-1] if scale else text
     value = float(body) if any(c in body for c in ".eE") else int(body)
@@ -185,9 +188,8 @@ class _ToAst(Transformer):
         return A.Index(self._s(meta), c[0], c[1])
 
     def number(self, meta, c):
-        value = _number(str(c[0]))
-        if isinstance(value, float) and math.isinf(value):
-            raise ArchError(f"number {c[0]} is too large", self._s(meta))
+        span = self._s(meta)
+        value = checked_number(_number(str(c[0]), span), str(c[0]), span)
         return A.Const(self._s(meta), value, str(c[0]))
 
     def string(self, meta, c):
@@ -248,19 +250,38 @@ def _syntax_error(err: UnexpectedInput, file: str) -> ArchError:
     return ArchError(msg, span, hint=hint)
 
 
+# How deep the parse tree may nest. The transformer, the elaborator and the verifier all recurse over it, so
+# this one limit keeps every later stage far from Python's recursion limit (about 2 frames per level): it
+# allows ~100 nested `if`s or `{...}` groups and ~200-term `**` chains, far beyond any real model.
+MAX_DEPTH = 200
+
+
+def _check_depth(tree: Tree, file: str) -> None:
+    """Refuse a tree deeper than MAX_DEPTH, at the place where it gets too deep (iterative: no recursion)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ArchError(f"this is nested too deeply (more than {MAX_DEPTH} levels of blocks, "
+                            f"conditions or expressions)", _span(file, node.meta),
+                            hint="flatten it: name intermediate values or split it into blocks")
+        stack.extend((child, depth + 1) for child in node.children if isinstance(child, Tree))
+
+
 def _run(start: str, text: str, file: str):
     """Parse `text` from rule `start` into the AST; every failure becomes an ArchError at its place."""
     remember_source(file, text)
     try:
-        return _ToAst(file, text).transform(_parser(start).parse(text))
+        tree = _parser(start).parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, file) from None
+    _check_depth(tree, file)
+    try:
+        return _ToAst(file, text).transform(tree)
     except VisitError as err:
         if isinstance(err.orig_exc, ArchError):
             raise err.orig_exc from None
         raise
-    except RecursionError:
-        raise ArchError("the text is nested too deeply", Span(file, 1, 1)) from None
 
 
 def parse_text(text: str, file: str = "<text>") -> list:
@@ -285,12 +306,7 @@ def parse(source, file: str | None = None) -> A.Program:
 def _read(source, file):
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and "{" not in source
                                      and source.endswith(".arch")):
-        path = Path(source)
-        try:
-            return path.read_text(), file or str(path)
-        except OSError as e:
-            raise ArchError(f"cannot read {path}: {e.strerror}",
-                            hint="check the path; .arch files are plain text") from None
+        return read_source(source), file or str(source)
     return str(source), file or "<text>"
 
 
@@ -298,17 +314,12 @@ def _load(program: A.Program, text: str, file: str, stack: tuple, imported: bool
     for item in parse_text(text, file):
         if isinstance(item, tuple):  # import
             _, rel, span = item
-            path = (Path(file).parent / rel) if not file.startswith("<") else Path(rel)
+            path, sub = read_import(rel, file, span)
             key = str(path.resolve())
             if key in stack:
                 raise ArchError(f"import cycle: {rel} imports itself (through {len(stack)} files)", span)
             if key in program.imports:
                 continue
-            try:
-                sub = path.read_text()
-            except OSError as e:
-                raise ArchError(f"cannot import '{rel}': {e.strerror}", span,
-                                hint="imports are relative to the importing file") from None
             program.imports.append(key)
             _load(program, sub, str(path), stack + (key,), imported=True)
         elif isinstance(item, A.Definition):

@@ -10,7 +10,7 @@ from archdsl.frontend import ast as A
 from archdsl.ir.graph import LAYOUTS, PRECISIONS
 
 
-@dataclass
+@dataclass(repr=False)  # every value prints as .arch source, so no message ever shows a Python repr
 class OpValue:
     """An op or block, possibly with some arguments already given: ``dwconv(k)`` as a value."""
 
@@ -26,11 +26,14 @@ class OpValue:
     def __eq__(self, other):
         return isinstance(other, OpValue) and self.label() == other.label()
 
+    def __repr__(self):
+        return self.label()
+
     def __hash__(self):
         return hash(self.label())
 
 
-@dataclass
+@dataclass(repr=False)
 class Closure:
     """A `{ ... }` block literal with the variables it saw where it was written."""
 
@@ -41,11 +44,16 @@ class Closure:
     def label(self) -> str:
         return "{...}"
 
+    __repr__ = label
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class Tensor:
     node: str
     shape: tuple
+
+    def __repr__(self):
+        return f"${self.node}"
 
 
 def show(v) -> str:
@@ -63,7 +71,8 @@ def show(v) -> str:
     return repr(v)
 
 
-MAX_LIST = 1_000_000  # `[0] * n` must fail with a message, not exhaust memory
+MAX_LIST = 1_000_000  # `[0] * n` or `a = a + a` in a loop must fail with a message, not exhaust memory
+MAX_INT = 10**18  # no shape, count or size is larger; bigger integers only ever come from mistakes
 CONSTANTS = {p: p for p in PRECISIONS} | {layout: layout for layout in LAYOUTS}
 
 _BINOPS = {
@@ -77,35 +86,49 @@ def _num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def checked_number(value, what: str, span: Span | None):
+    """`value` if it is a finite float or an integer within MAX_INT; the one place literals (from a file or
+    --set) and arithmetic results are checked, so no later float() or tensor fill can overflow."""
+    if isinstance(value, complex):
+        raise ArchError(f"{what} is not a real number", span)
+    if isinstance(value, float) and not math.isfinite(value):
+        size = ": it is too large" if math.isinf(value) else ""
+        raise ArchError(f"{what} is not a finite number{size}", span, hint="numbers must stay within about 1e308")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ArchError(f"number too large: {what}", span, hint="integers are limited to 10**18")
+    return value
+
+
+def _sized(n: int, span: Span):
+    if n > MAX_LIST:
+        raise ArchError(f"a list or string of {n} items is too long (at most {MAX_LIST})", span)
+
+
 def binop(op: str, a, b, span: Span):
     if op == "+" and isinstance(a, str) and isinstance(b, (str, int)):
+        _sized(len(a) + len(str(b)), span)
         return a + str(b)  # "stage" + i names a share group per stage
     if op == "+" and isinstance(a, list) and isinstance(b, list):
+        _sized(len(a) + len(b), span)
         return a + b
     if op == "*" and isinstance(a, list) and isinstance(b, int) and not isinstance(b, bool):
-        if len(a) * b > MAX_LIST:
-            raise ArchError(f"a list of {len(a) * b} items is too long (at most {MAX_LIST})", span)
+        _sized(len(a) * b, span)
         return a * b
     if op in ("==", "!="):
         return _BINOPS[op](a, b)
     if not (_num(a) and _num(b)):
         raise ArchError(f"cannot apply '{op}' to {show(a)} and {show(b)}", span,
                         hint="arithmetic works on numbers; '+' also joins lists and strings")
+    what = f"{show(a)} {op} {show(b)}"
     if op == "**" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b * math.log2(abs(a)) > 64:
-        raise ArchError(f"number too large in {show(a)} ** {show(b)}", span)  # before computing it
+        raise ArchError(f"number too large: {what}", span)  # before computing it
     try:
         out = _BINOPS[op](a, b)
     except ZeroDivisionError:
-        raise ArchError(f"division by zero in {show(a)} {op} {show(b)}", span) from None
+        raise ArchError(f"division by zero in {what}", span) from None
     except OverflowError:
-        raise ArchError(f"number too large in {show(a)} {op} {show(b)}", span) from None
-    if isinstance(out, complex):
-        raise ArchError(f"{show(a)} {op} {show(b)} is not a real number", span)
-    if isinstance(out, float) and (math.isinf(out) or math.isnan(out)):
-        raise ArchError(f"{show(a)} {op} {show(b)} is not a finite number", span)
-    if isinstance(out, int) and abs(out) > 10**18:
-        raise ArchError(f"number too large in {show(a)} {op} {show(b)}", span)
-    return out
+        raise ArchError(f"number too large: {what}", span) from None
+    return checked_number(out, what, span)
 
 
 def index(obj, i, span: Span):

@@ -9,6 +9,7 @@ import networkx as nx
 
 from archdsl.errors import ArchError
 from archdsl.ir.graph import inputs, order
+from archdsl.outputs import write
 
 
 def _quote(s: str) -> str:
@@ -67,13 +68,15 @@ def render(G: nx.DiGraph, out: Path, depth: int = 0) -> str:
     if fmt not in ("dot", "gv", "svg", "png", "pdf"):
         raise ArchError(f"cannot draw to '{out}'", hint="use a .svg, .png, .pdf or .dot file name")
     if fmt in ("dot", "gv"):
-        out.write_text(dot)
+        write(out, dot, "-o")
         return f"wrote {out}"
     exe = shutil.which("dot")
     if exe is None:
         fallback = out.with_suffix(".dot")
-        fallback.write_text(dot)
+        write(fallback, dot, "-o")
         return (f"graphviz is not installed, so wrote the dot text to {fallback} instead "
                 f"(install graphviz, e.g. `apt-get install graphviz`, to get {fmt})")
-    subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot.encode(), check=True)
+    done = subprocess.run([exe, f"-T{fmt}", "-o", str(out)], input=dot.encode(), capture_output=True)
+    if done.returncode != 0:
+        raise ArchError(f"graphviz could not write {out}: {done.stderr.decode(errors='replace').strip()}")
     return f"wrote {out}"

@@ -76,8 +76,9 @@ class DclsConv(nn.Module):
                 self.SIG.fill_(0.23)
 
     def clamp_parameters(self):
-        """Clamp P in place to the kernel extent (the official training loop calls this after each step, so
-        positions pushed past the border keep receiving gradients; forward clamps a copy either way)."""
+        """Clamp P in place to the kernel extent. The official training loop calls this after each step; here
+        every training-mode forward calls it first, so any training loop (ours, or a user's around the emitted
+        module) keeps the positions inside the kernel."""
         with torch.no_grad():
             for d, k in enumerate(self.kernel_size):
                 self.P[d].clamp_(-(k // 2), k - 1 - k // 2)
@@ -89,8 +90,11 @@ class DclsConv(nn.Module):
         kern = self.weight.reshape(o, cg, n, *([1] * nd))
         for d, k in enumerate(self.kernel_size):
             c = k // 2
-            # Positions are offsets from the centre; clamped to the extent so index c + p is in [0, k-1].
-            pos = self.P[d].clamp(-c, k - 1 - c) + c
+            # Positions are offsets from the centre, clamped to the extent so index c + p is in [0, k-1]. The
+            # gradient passes straight through the clamp: a position on the border must still be able to move
+            # back inside (torch's clamp gives no gradient at the bound itself since 2.14, which froze them).
+            p = self.P[d]
+            pos = p + (p.clamp(-c, k - 1 - c) - p).detach() + c
             diff = torch.arange(k, dtype=pos.dtype, device=pos.device) - pos.unsqueeze(-1)  # (o, cg, n, k)
             if self.SIG is not None:
                 sig = self.SIG[d].abs().unsqueeze(-1) + 0.27
@@ -98,8 +102,13 @@ class DclsConv(nn.Module):
                 # exp(-|(i - p) / sigma|^2 / 2) is a product over dims, so normalising each dim's factor
                 # equals the official normalisation over the whole kernel (minus its 1e-7 guard).
                 h = h / h.sum(-1, keepdim=True)
-            else:
-                h = torch.relu(1 - diff.abs())  # bilinear: 1 - frac on floor(p), frac on floor(p) + 1
+            else:  # bilinear: 1 - frac on cell fl, frac on fl + 1
+                # fl = floor(pos) but at most k - 2, so a position on the upper border (pos = k - 1: fl = k - 2,
+                # frac = 1) has its inward derivative; |i - pos| had none at any integer position.
+                fl = pos.detach().floor().clamp(0, max(k - 2, 0)).unsqueeze(-1)
+                frac = pos.unsqueeze(-1) - fl
+                cells = diff + pos.unsqueeze(-1)
+                h = (1 - frac) * (cells == fl) + frac * (cells == fl + 1)
             view = [o, cg, n] + [1] * nd
             view[3 + d] = k
             # Elementwise products only (no matmul), so a flop counter sees just the conv below.
@@ -107,6 +116,8 @@ class DclsConv(nn.Module):
         return kern.sum(2)
 
     def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            self.clamp_parameters()  # the official per-step clamp, after the previous step's update
         if self.pad is not None:
             x = F.pad(x, self.pad)
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.ndim - 1]

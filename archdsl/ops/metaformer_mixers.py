@@ -58,6 +58,7 @@ op("poolmix", Attr("k", "int", 3, check=odd, doc="pool size (odd)"),
    shape=same_shape("poolmix"),
    torch=lambda a, ins: (PoolMix, dict(ndim=len(ins[0]) - 1, pool_size=a.k)),
    reference=_poolmix_reference, spatial_dims=(1, 2, 3), category="mixer",
+   half_spatial_dims=(1, 2),  # no bf16/fp16 avg_pool3d on CPU
    doc="PoolFormer token mixer: avgpool(k, stride 1, count_include_pad=False)(x) - x; 0 params, 0 MACs.",
    examples=(({}, [(3, 7, 5)]), ({"k": 5}, [(4, 9)]), ({"k": 3}, [(2, 1, 6)]), ({}, [(2, 3, 4, 5)])))
 

@@ -97,13 +97,16 @@ class AFF(nn.Module):
         re = z.real.reshape(n, self.num_blocks, self.block_size, -1)
         im = z.imag.reshape(n, self.num_blocks, self.block_size, -1)
 
+        # deployed at bf16 / fp16, the weights are stored in that dtype; the spectrum is float32 (fft_dtype)
+        w1, b1, w2, b2 = (p.to(re.dtype) for p in (self.w1, self.b1, self.w2, self.b2))
+
         def mm(t, w):  # block-diagonal channel mixing at every frequency: (N, blocks, in, F) x (blocks, in, out)
             return torch.einsum("nkif,kio->nkof", t, w)
 
-        h_re = self.act(mm(re, self.w1[0]) - mm(im, self.w1[1]) + self.b1[0, :, :, None])
-        h_im = self.act(mm(im, self.w1[0]) + mm(re, self.w1[1]) + self.b1[1, :, :, None])
-        o_re = mm(h_re, self.w2[0]) - mm(h_im, self.w2[1]) + self.b2[0, :, :, None]
-        o_im = mm(h_im, self.w2[0]) + mm(h_re, self.w2[1]) + self.b2[1, :, :, None]
+        h_re = self.act(mm(re, w1[0]) - mm(im, w1[1]) + b1[0, :, :, None])
+        h_im = self.act(mm(im, w1[0]) + mm(re, w1[1]) + b1[1, :, :, None])
+        o_re = mm(h_re, w2[0]) - mm(h_im, w2[1]) + b2[0, :, :, None]
+        o_im = mm(h_im, w2[0]) + mm(h_re, w2[1]) + b2[1, :, :, None]
         lam = self.sparsity_threshold
         mask = torch.complex(F.softshrink(o_re, lam), F.softshrink(o_im, lam)).reshape(z.shape[0], -1, *bins)
         y = torch.fft.irfftn(mask * z, s=x.shape[2:], dim=dims, norm="ortho")
@@ -189,7 +192,9 @@ class GlobalFilter(nn.Module):
 
     def forward(self, x):
         dims = tuple(range(2, x.dim()))
-        z = torch.fft.rfftn(fft_dtype(x), dim=dims, norm="ortho") * torch.view_as_complex(self.complex_weight)
+        # the weight too is made float32 when deployed at bf16 (view_as_complex has no bf16)
+        weight = torch.view_as_complex(fft_dtype(self.complex_weight))
+        z = torch.fft.rfftn(fft_dtype(x), dim=dims, norm="ortho") * weight
         return torch.fft.irfftn(z, s=x.shape[2:], dim=dims, norm="ortho").to(x.dtype)
 
 

@@ -216,10 +216,11 @@ op("rmsnorm",
 class GRN(nn.Module):
     """Global response normalization on channels-first inputs."""
 
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim, eps=1e-6, bias=True):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(dim))
-        self.beta = nn.Parameter(torch.zeros(dim))
+        # bias=False: UniRepLKNet's deploy form, where fold_grn_bias moved beta into the next linear layer
+        self.beta = nn.Parameter(torch.zeros(dim)) if bias else None
         self.eps = eps
 
     def forward(self, x):
@@ -227,7 +228,8 @@ class GRN(nn.Module):
         nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         nx = nx.reshape(*nx.shape, *([1] * (x.dim() - 2)))
-        return self.gamma.reshape(shape) * (x * nx) + self.beta.reshape(shape) + x
+        out = self.gamma.reshape(shape) * (x * nx) + x
+        return out + self.beta.reshape(shape) if self.beta is not None else out
 
 
 def _grn_reference(m, x):
@@ -238,12 +240,14 @@ def _grn_reference(m, x):
     nx = gx / (sum(gx[:, j] for j in range(c)).unsqueeze(1) / c + m.eps)
     out = torch.empty_like(t)
     for j in range(c):
-        out[:, j] = m.gamma[j].double() * t[:, j] * nx[:, j:j + 1] + m.beta[j].double() + t[:, j]
+        beta = m.beta[j].double() if m.beta is not None else 0.0
+        out[:, j] = m.gamma[j].double() * t[:, j] * nx[:, j:j + 1] + beta + t[:, j]
     return out.reshape(x.shape)
 
 
-op("grn", shape=same_shape("grn"), params=lambda a, ins: 2 * ins[0][0],
-   torch=lambda a, ins: (GRN, dict(dim=ins[0][0])), reference=_grn_reference,
+op("grn", Attr("bias", "bool", True, doc="false: no beta (UniRepLKNet's deploy form folds it into the next linear)"),
+   shape=same_shape("grn"), params=lambda a, ins: (2 if a.bias else 1) * ins[0][0],
+   torch=lambda a, ins: (GRN, dict(dim=ins[0][0], bias=a.bias)), reference=_grn_reference,
    spatial_dims=(1, 2, 3), category="norm",
    doc="ConvNeXt-V2 global response normalization: gamma * (x * Nx) + beta + x, Nx = ||x|| / mean_c ||x||.",
-   examples=(({}, [(5, 4, 7)]), ({}, [(3, 9)]), ({}, [(2, 1, 1)]), ({}, [(3, 2, 3, 4)])))
+   examples=(({}, [(5, 4, 7)]), ({}, [(3, 9)]), ({}, [(2, 1, 1)]), ({"bias": False}, [(3, 2, 3, 4)])))

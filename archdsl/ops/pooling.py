@@ -108,7 +108,7 @@ def _pool_attrs():
 op("avgpool", *_pool_attrs(),
    Attr("count_include_pad", "bool", True, doc="false: average only the real elements (PoolFormer)"),
    shape=_pool_shape("avgpool"), torch=_pool_torch(_AVG, ("count_include_pad",)), reference=_avg_reference,
-   spatial_dims=(1, 2, 3), min_input_rank=2,
+   spatial_dims=(1, 2, 3), min_input_rank=2, half_spatial_dims=(1, 2),  # no bf16/fp16 avg_pool3d on CPU
    doc="Average pooling over 1-3 spatial dims.",
    examples=(({"k": 3}, [(3, 10, 9)]),
              ({"k": 3, "stride": 2, "padding": 1, "count_include_pad": False}, [(2, 11)]),

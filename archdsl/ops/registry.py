@@ -21,6 +21,7 @@ Shape = tuple[int, ...]
 REQUIRED = object()
 # The precisions a node may run at (`@precision(...)`); an op's `precisions` is a subset.
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fp8", "fp8_e4m3", "fp8_e5m2")
+INTERNAL_CATEGORIES = ("kernel", "compiler")
 
 # Attribute kinds. "ints" is an int or a list of ints, expanded to one entry per spatial dim of the input.
 KINDS = ("int", "float", "bool", "str", "ints", "floats", "any")
@@ -82,6 +83,9 @@ class OpSpec:
     flop_counter_exact: bool = True
     # Precisions the op can run at (there is no integer FFT, for instance); elaboration rejects the rest.
     precisions: tuple[str, ...] = PRECISIONS
+    # Spatial ranks at which the half-precision floats (bf16, fp16) run, when not all: torch has no CPU kernel
+    # for some (3-D average pooling in bf16/fp16), so `@precision(bf16)` there is refused at check time.
+    half_spatial_dims: tuple[int, ...] | None = None
     # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
@@ -92,6 +96,22 @@ class OpSpec:
     fold: Fold | None = None  # at deploy it becomes a plain conv (see Fold)
     triton: str | None = None  # its rule as a member of a fused group in codegen/triton/plan.py (RULES)
     triton_declined: str = ""  # why it has no Triton rule, for the planner's refusal
+    # Inserted by the compiler's passes, never called from an .arch file (the front end refuses it). Ops of
+    # the "kernel" and "compiler" categories (cast, quantize, int8_*, fused, ...) are internal by default.
+    internal: bool | None = None
+
+    def __post_init__(self):
+        if self.internal is None:
+            self.internal = self.category in INTERNAL_CATEGORIES
+
+    def precision_problem(self, precision: str, ins: list[Shape]) -> str | None:
+        """Why the op cannot run at `precision` on inputs of these shapes (None when it can)."""
+        if precision not in self.precisions:
+            return f"{self.name} cannot run at {precision}"
+        dims = len(ins[0]) - 1 if ins else 0
+        if precision in ("bf16", "fp16") and self.half_spatial_dims is not None and dims not in self.half_spatial_dims:
+            return f"{self.name} cannot run at {precision} on a {dims}-D input (torch has no such kernel)"
+        return None
 
     def bind(self, args: Sequence, kwargs: dict, ins: list[Shape]) -> Attrs:
         """Check a call's arguments against the declared attributes; return the validated Attrs.
@@ -138,7 +158,7 @@ class OpSpec:
 
 def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
     def bad(what: str) -> ArchError:
-        return ArchError(f"{op}(): attribute '{attr.name}' {what}, got {value!r}")
+        return ArchError(f"{op}(): attribute '{attr.name}' {what}, got {_show(value)}")
 
     kind = attr.kind
     if kind == "int":
@@ -148,7 +168,7 @@ def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
     elif kind == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("must be a number")
-        value = float(value)
+        value = _float32(op, attr, value)
     elif kind == "bool":
         if not isinstance(value, bool):
             raise bad("must be true or false")
@@ -171,12 +191,39 @@ def _coerce(op: str, attr: Attr, value: Any, ndim: int) -> Any:
         items = list(value) if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
             raise bad("must be a list of numbers")
-        value = tuple(float(v) for v in items)
+        value = tuple(_float32(op, attr, v) for v in items)
     if attr.check is not None:
         complaint = attr.check(value)
         if complaint:
-            raise ArchError(f"{op}(): attribute '{attr.name}' {complaint}, got {value!r}")
+            raise ArchError(f"{op}(): attribute '{attr.name}' {complaint}, got {_show(value)}")
     return value
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(op: str, attr: Attr, v) -> float:
+    """A float attribute becomes a parameter or buffer value of a float32 module: it must fit there."""
+    if abs(v) > FLOAT32_MAX:
+        raise ArchError(f"{op}(): attribute '{attr.name}' = {v:g} does not fit in a 32-bit float",
+                        hint="float attributes must stay within about 3.4e38")
+    return float(v)
+
+
+def _show(v) -> str:
+    """How a value reads in .arch source, never a Python repr. The front end's values (ops as values, closures,
+    tensors) say it themselves through `label()` / `node`: duck-typed, so ops never import the front end."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if hasattr(v, "label"):
+        return v.label()
+    if isinstance(v, str):
+        return v if v in PRECISIONS else f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    if hasattr(v, "node"):
+        return f"${v.node}"
+    return repr(v)
 
 
 # Common checks, so op modules state constraints declaratively.
@@ -230,6 +277,12 @@ def has_op(name: str) -> bool:
 def all_ops() -> list[OpSpec]:
     _load_all()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def user_op_names() -> set[str]:
+    """Names (and aliases) an .arch file may call: every op that is not internal."""
+    _load_all()
+    return {n for n in set(_REGISTRY) | set(_ALIASES) if not get_op(n).internal}
 
 
 _loaded = False

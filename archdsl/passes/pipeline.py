@@ -18,6 +18,7 @@ from archdsl.passes.cse import cse
 from archdsl.passes.eliminate_identities import eliminate_identities
 from archdsl.passes.fold_affine import fold_affine
 from archdsl.passes.fold_bn import fold_bn
+from archdsl.passes.fold_grn_bias import fold_grn_bias
 from archdsl.passes.fold_kernels import fold_kernels
 from archdsl.passes.group_fusion import group_fusion
 from archdsl.passes.lower_precision import lower_precision
@@ -32,6 +33,7 @@ DEPLOY_PIPELINE = [
     reparam_branches,      # replk, dilreparam, add(conv [+ bn] branches of x, x) -> conv
     fold_bn,               # conv >> bn, bn >> padding-free conv -> conv (bias)
     fold_affine,           # conv >> layerscale | resscale | scale -> conv
+    fold_grn_bias,         # grn >> linear -> grn(bias = false) >> linear (bias + W beta)
     cse,                   # f(x) twice -> once
     select_kernels,        # large depthwise conv -> dwconv_cl (channels-last, oneDNN)
     lower_precision,       # bf16/fp16 -> that dtype + casts; int8 -> int8 kernels or quantize-dequantize

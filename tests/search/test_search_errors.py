@@ -58,11 +58,11 @@ def test_bad_objective_argument_or_constraint_points_at_its_line(tmp_path, body,
 
 
 @pytest.mark.parametrize("option, value, needle", [
-    ("--jobs", "-3", "-3 is below 1"),
-    ("--jobs", "0", "0 is below 1"),
-    ("--trials", "-1", "-1 is below 1"),
-    ("--trials", "0", "0 is below 1"),
-    ("--trials", "many", "'many' is not a whole number"),
+    ("--jobs", "-3", "must be 1 or more, got -3"),
+    ("--jobs", "0", "must be 1 or more, got 0"),
+    ("--trials", "-1", "must be 1 or more, got -1"),
+    ("--trials", "0", "must be 1 or more, got 0"),
+    ("--trials", "many", "expected a whole number, got 'many'"),
     ("--timeout", "-1", "not a positive number of seconds"),
     ("--timeout", "0", "not a positive number of seconds"),
 ])
