@@ -5,9 +5,11 @@ inputs and weights, fp8 as rounding. Deploy makes that explicit in the IR, node 
 
     bf16 / fp16   the node's weights become bf16 / fp16 and it runs in that dtype; `cast` nodes convert at
                   region boundaries (one per tensor and dtype), the graph output is fp32 again
-    int8          conv / pwconv / linear with groups = 1 -> int8_conv / int8_linear (torch._int_mm: int8 x
-                  int8 -> int32, exact); any other int8 node is simulated: its weights are stored already
-                  quantized and a `quantize` node (the observer's scale and zero point) rounds its input
+    int8          conv / linear / add -> PyTorch's quantized kernels (qconv / qlinear / qadd, ReLU fused), quint8
+                  tensors between them (archdsl/passes/int8_regions.py); a conv / linear no observed int8 node
+                  reads (a classifier) -> int8_conv / int8_linear (torch._int_mm, float result); any other int8
+                  node is simulated: its weights are stored already quantized and a `quantize` node (the
+                  observer's scale and zero point) rounds its input
     fp8           simulated (no CPU fp8 kernels): weights stored rounded, a `quantize` node rounds the input
 
 A node's input is quantized only where training quantized it (its observer saw data); parameter-free merges
@@ -24,10 +26,10 @@ import torch
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
 from archdsl.passes.base import PassResult, conv_geometry, meta_module, weight_keys
+from archdsl.passes.int8_regions import QUINT8, UNKNOWN, lower_int8
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
-UNKNOWN = "unknown"  # act_qparams before weights are known (`check --mode deploy`): assume it observed data
 # ops whose result holds only values of their input: computed in bf16 or in fp32 then cast, they agree exactly
 EXACT_IN_ANY_DTYPE = frozenset(("maxpool", "gmp", "flatten", "reshape", "permute", "identity", "relu", "concat"))
 
@@ -44,8 +46,8 @@ def _qparams(G, node, weights):
 
 def _quantizes_input(G, node, weights) -> bool:
     d = G.nodes[node]
-    if get_op(d["op"]).function is not None:  # add / mul / concat: no module, no observer in train mode
-        return False
+    if get_op(d["op"]).function is not None:  # mul / concat: no module, no observer in train mode; int8 add: one
+        return d["op"] == "add" and d["precision"] == "int8" and _qparams(G, node, weights) is not None
     return d["precision"] != "int8" or _qparams(G, node, weights) is not None
 
 
@@ -144,7 +146,7 @@ def _follow_input_dtype(G, res) -> None:
         if d["op"] not in EXACT_IN_ANY_DTYPE or d["precision"] != "fp32":
             continue
         dtypes = {_dtype(G, src) for src in inputs(G, node)}
-        if len(dtypes) == 1 and dtypes != {"float32"}:
+        if len(dtypes) == 1 and dtypes - {"float32", QUINT8}:
             d["dtype"] = dtypes.pop()
             res.changed.append(f"{node}: {d['op']} runs in {d['dtype']} like its input (exact in any dtype)")
 
@@ -155,10 +157,11 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
     if all(d["precision"] == "fp32" for _, d in G.nodes(data=True)):
         return res
     quantized: dict = {}
+    on_kernels = lower_int8(G, weights, res)
     for node in order(G):
         d = G.nodes[node]
         p = d["precision"]
-        if d["op"] in ("input", "output") or p == "fp32":
+        if d["op"] in ("input", "output") or p == "fp32" or node in on_kernels:
             continue
         if p in DEPLOY_DTYPE:
             d["dtype"] = DEPLOY_DTYPE[p]
@@ -179,7 +182,8 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         if weights is not None and weights.get(node):
             weights[node] = _fake_weights(G, node, weights[node])
         if _quantizes_input(G, node, weights):
-            for src in dict.fromkeys(inputs(G, node)):
+            # a quantized kernel's result is already on a grid (the widest its readers trained with)
+            for src in dict.fromkeys(s for s in inputs(G, node) if s not in on_kernels):
                 redirect(G, src, _add_quantize(G, weights, src, node, quantized), only=node)
         if p != "int8":
             why = "no fp8 kernels on this backend"
@@ -194,6 +198,8 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         if G.nodes[node]["op"] in ("input", "cast"):
             continue
         need = _dtype(G, node)
+        if need == QUINT8:  # a quantized kernel quantizes a float argument itself
+            continue
         for src in dict.fromkeys(inputs(G, node)):
             if _dtype(G, src) != need:
                 redirect(G, src, _add_cast(G, src, need, G.nodes[node].get("span"), casts), only=node)
