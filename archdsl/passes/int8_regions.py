@@ -64,6 +64,20 @@ def output_qparams(G, node, weights, through_add=True):
     return _widest([qp for qp in found if qp is not None])
 
 
+def _after_fused_relu(G, node, weights):
+    """Where a ReLU will be fused into the kernel, the grid of the ReLU's readers (non-negative: zero point 0,
+    which the x86 kernels run faster too), else the ReLU's own observer cut to [0, max]. None: no such ReLU."""
+    relu = sole_consumer(G, node)
+    if relu is None or G.nodes[relu]["op"] != "relu" or G.nodes[relu]["precision"] != "int8":
+        return None
+    after = output_qparams(G, relu, weights)
+    own = _observed(G, relu, weights)
+    if after is not None or own in (None, UNKNOWN):
+        return after or own
+    scale, zero = own
+    return (scale * (255 - zero) / 255, 0)
+
+
 def kernel_for(G, node) -> tuple[str, dict] | None:
     """(op, attrs) of the quantized kernel for a conv / linear node, or None (the reason is the caller's)."""
     d = G.nodes[node]
@@ -126,6 +140,7 @@ def lower_int8(G, weights, res) -> set:
         y_qp = output_qparams(G, node, weights)
         if y_qp is None:
             continue
+        y_qp = _after_fused_relu(G, node, weights) or y_qp
         if d["op"] == "add" and len(srcs) == 2 and any(s in quantized for s in srcs):
             # the arguments' trained range; a model trained before adds had observers: the result's range
             x_qp = _observed(G, node, weights) or y_qp
