@@ -4,9 +4,9 @@ measured in the same run, interleaved (issues 7 and 19).
     python benchmarks/precision.py --models conv_stack,resnet50,convnext_t,mnist1d_cnn --batches 8 --size 112
     python benchmarks/precision.py --models mnist1d_cnn --batches 1,256 --runs 50
 
-Each model is compiled with `@precision(P)` on the whole model, its observers calibrated by one train-mode
-pass over a fixed N(0, 1) batch (`--calib`; the fp32 and bf16 variants get the same pass, so every variant
-has the same BatchNorm statistics), and deployed: bf16 runs in bf16 weights and activations, int8 runs on
+Each model is compiled with `@precision(P)` on the whole model, given one train-mode pass over a fixed
+N(0, 1) batch (`--calib` samples; every variant the same pass, so the same BatchNorm statistics), its int8
+observers then calibrated on that batch in eval mode (archdsl.ptq.calibrate), and deployed: bf16 runs in bf16 weights and activations, int8 runs on
 PyTorch's quantized kernels where the x86 backend has one (lower_precision's notice names the rest). The
 peer: the fp32 deploy graph (without group_fusion, so torch sees plain nn modules) quantized by torch.ao
 directly (FX graph mode, `prepare_fx` / `convert_fx` with the x86 default qconfig), calibrated on the same
@@ -26,6 +26,7 @@ from deploy import MODELS, machine, measure
 
 import archdsl
 from archdsl.ir.cost import size_bytes
+from archdsl.ptq import calibrate
 
 PRECISIONS = ("fp32", "bf16", "int8")
 HERE_MODELS = Path(__file__).resolve().parent / "models"
@@ -49,7 +50,8 @@ def variant(file: Path, precision: str, size: int | None, x_cal: torch.Tensor):
     torch.manual_seed(0)
     module = archdsl.compile(program, **({"size": size} if size and "size" in params else {}))
     with torch.no_grad():
-        module.train()(x_cal)  # observers (int8) and BatchNorm statistics see the benchmark's inputs
+        module.train()(x_cal)  # the same BatchNorm statistics for every variant
+    calibrate(module, [x_cal])  # int8: observers see the eval-mode activations, as torch.ao's calibration does
     deploy = module.eval().deploy(log=lambda msg: None)  # the simulated nodes are counted from the pass result
     return module.archdsl_ir, module, deploy
 
@@ -59,13 +61,35 @@ def torch_ao_peer(module, x_cal):
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    plain = module.deploy(disable=["group_fusion"], log=lambda msg: None)
+    plain = as_torch_modules(module.deploy(disable=["group_fusion"], log=lambda msg: None))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_fx(plain, get_default_qconfig_mapping("x86"), (x_cal,))
         with torch.no_grad():
             prepared(x_cal)
         return convert_fx(prepared)
+
+
+def as_torch_modules(deploy):
+    """archdsl's channel-axis Linear (nn.Linear on (N, C), a matmul over dim 1 otherwise) as the torch module
+    torch.ao knows: nn.Linear, or a 1x1 nn.Conv1d / nn.Conv2d."""
+    from torch import nn
+
+    G = deploy.archdsl_ir
+    for node, d in G.nodes(data=True):
+        if d["op"] != "linear":
+            continue
+        old = deploy.get_submodule(node)
+        rank = len(G.nodes[next(iter(G.predecessors(node)))]["shape"])
+        new = (nn.Linear, nn.Conv1d, nn.Conv2d)[rank - 1](old.in_features, old.out_features,
+                                                          *([1] if rank > 1 else []), bias=old.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(old.weight.reshape(new.weight.shape))
+            if old.bias is not None:
+                new.bias.copy_(old.bias)
+        parent, _, leaf = node.rpartition(".")
+        setattr(deploy.get_submodule(parent) if parent else deploy, leaf, new)
+    return deploy
 
 
 def state_bytes(module) -> int:

@@ -4,7 +4,9 @@ Train mode simulates precision (archdsl/quant.py): bf16 / fp16 under autocast, i
 inputs and weights, fp8 as rounding. Deploy makes that explicit in the IR, node by node:
 
     bf16 / fp16   the node's weights become bf16 / fp16 and it runs in that dtype; `cast` nodes convert at
-                  region boundaries (one per tensor and dtype), the graph output is fp32 again
+                  region boundaries (one per tensor and dtype), the graph output is fp32 again; a conv / linear
+                  too small for the bf16 kernel to pay (LOW_FLOAT_PAYS_MACS) runs the fp32 kernel on its
+                  bf16-rounded weights
     int8          conv / linear / add -> PyTorch's quantized kernels (qconv / qlinear / qadd, ReLU fused), quint8
                   tensors between them (archdsl/passes/int8_regions.py); a conv / linear no observed int8 node
                   reads (a classifier) -> int8_conv / int8_linear (torch._int_mm, float result); any other int8
@@ -30,6 +32,11 @@ from archdsl.passes.int8_regions import QUINT8, UNKNOWN, lower_int8
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
+# Below this many multiply-accumulates per sample a conv / linear runs faster on the fp32 kernel than on the
+# bf16 one on CPU (oneDNN; casts included): measured at batch 1 on 1-D / 2-D convs, bf16 at 0.3-0.6x of fp32
+# from 0.04M to 0.8M MACs, 0.99x at 6.3M, 1.04-1.3x from 9.4M up (BENCHMARKS.md section 5). Such a node keeps
+# its bf16-rounded weights and runs the fp32 kernel, so a bf16 region is never slower than fp32.
+LOW_FLOAT_PAYS_MACS = 8_000_000
 # ops whose result holds only values of their input: computed in bf16 or in fp32 then cast, they agree exactly
 EXACT_IN_ANY_DTYPE = frozenset(("maxpool", "gmp", "flatten", "reshape", "permute", "identity", "relu", "concat"))
 
@@ -139,11 +146,11 @@ def _add_cast(G, src, dtype, span, made) -> str:
 
 
 def _follow_input_dtype(G, res) -> None:
-    """An fp32 op that only moves or selects values (flatten, max-pool, relu, ...) gives the same numbers in
-    any dtype, so it runs in its inputs' dtype: a bf16 -> maxpool -> bf16 stretch then needs no cast at all."""
+    """An fp32 or bf16 / fp16 op that only moves or selects values (flatten, max-pool, relu, ...) gives the same
+    numbers in any dtype, so it runs in its inputs' dtype: a bf16 -> maxpool -> bf16 stretch then needs no cast."""
     for node in order(G):
         d = G.nodes[node]
-        if d["op"] not in EXACT_IN_ANY_DTYPE or d["precision"] != "fp32":
+        if d["op"] not in EXACT_IN_ANY_DTYPE or d["precision"] not in ("fp32", *DEPLOY_DTYPE):
             continue
         dtypes = {_dtype(G, src) for src in inputs(G, node)}
         if len(dtypes) == 1 and dtypes - {"float32", QUINT8}:
@@ -162,6 +169,17 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         d = G.nodes[node]
         p = d["precision"]
         if d["op"] in ("input", "output") or p == "fp32" or node in on_kernels:
+            continue
+        if p in DEPLOY_DTYPE and d["op"] in EXACT_IN_ANY_DTYPE:
+            continue  # runs in its input's dtype (_follow_input_dtype)
+        if p in DEPLOY_DTYPE and 0 < d.get("macs", 0) < LOW_FLOAT_PAYS_MACS:
+            # bf16 rounding of the weights kept, the fp32 kernel run: the same function, faster at this size
+            if weights is not None:
+                dt = LOW_FLOAT_DTYPES[DEPLOY_DTYPE[p]]
+                weights[node] = {k: v.to(dt).to(v.dtype) if v.is_floating_point() else v
+                                 for k, v in weights.get(node, {}).items()}
+            res.changed.append(f"{node}: {p}-rounded weights on the fp32 kernel ({d['macs']:,} MACs per sample, "
+                               f"below {LOW_FLOAT_PAYS_MACS:,}: the {p} kernel is slower there)")
             continue
         if p in DEPLOY_DTYPE:
             d["dtype"] = DEPLOY_DTYPE[p]
