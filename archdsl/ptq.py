@@ -90,6 +90,11 @@ def load_weights(module, path: str) -> None:
         raise ArchError(f"cannot read weights {path}: {e}", hint="give a .pt file saved with torch.save(state_dict)")
     if not isinstance(state, dict):
         raise ArchError(f"{path} holds a {type(state).__name__}, not a state dict")
+    load_state(module, state, str(path))
+
+
+def load_state(module, state: dict, source: str = "the state dict") -> None:
+    """load_weights for a state dict in memory."""
     own = module.state_dict()
     mapped = {}
     for key, t in state.items():
@@ -102,6 +107,6 @@ def load_weights(module, path: str) -> None:
     extra = sorted(k for k in mapped if k not in own)
     missing = sorted(k for k in own if k not in mapped and ".act." not in k)
     if extra or missing:
-        raise ArchError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}",
+        raise ArchError(f"{source} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}",
                         hint="load weights saved from the same .arch model (and --set values)")
     module.load_state_dict(mapped, strict=False)
