@@ -7,7 +7,8 @@ the trained observers settled on); weights are per-output-channel symmetric int8
 pass chose (the observer of the input the next int8 node trained with), with the ReLU fused where one follows.
 
     qconv    1-D / 2-D conv (any groups: dense, grouped, depthwise)   torch.ops.quantized.conv{1,2}d[_relu]
-    qlinear  linear on (N, C)                                          torch.ops.quantized.linear[_relu]
+    qlinear  linear over the channel axis                              torch.ops.quantized.linear[_relu]
+             requantize=False: a float32 result on (N, C)              torch.ops.onednn.qlinear_pointwise
     qadd     residual add of two quantized tensors                     torch.ops.quantized.add[_relu]
 
 A float input is quantized on entry with the node's input scale and zero point (a region's first node);
@@ -115,16 +116,29 @@ class QLinear(_QuantizedOp):
 
     _emit_deps = (_QuantizedOp, _quantize)
 
-    def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False):
+    def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False, requantize=True):
         super().__init__((out_features, in_features), bias, relu, dequantize)
+        self.requantize = requantize
         self._kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
 
     def _pack(self):
+        if not self.requantize:  # oneDNN's int8 linear with a float32 result
+            return torch.ops.onednn.qlinear_prepack(self.qweight, None), torch.zeros(len(self.wscale), dtype=torch.long)
         return torch.ops.quantized.linear_prepack(self._qweight(), self._bias())
+
+    def _float_result(self, q, packed):
+        """The exact product (uint8 - zero point) x int8 in int32, scaled to float32 plus the float bias: no
+        output grid, as QAT computes a layer no quantized node reads (a classifier)."""
+        post = ("relu" if self.relu else "none")
+        y = torch.ops.onednn.qlinear_pointwise(q.int_repr(), q.q_scale(), q.q_zero_point(), packed[0], self.wscale,
+                                               packed[1], self.bias, 1.0, 0, torch.float32, post, [], "")
+        return y.to(torch.float32 if q.is_quantized else q.dtype)
 
     def forward(self, x):
         packed, xs, xz, ys, yz = self._prepared()
         q = x if x.is_quantized else _quantize(x, xs, xz)
+        if not self.requantize and q.dim() == 2:
+            return self._float_result(q, packed)
         if q.dim() == 2:
             return self._result(self._kernel(q, packed, ys, yz), x)
         # over the channel axis (dim 1) of (N, C, ...): channels innermost for the kernel, then back
@@ -216,12 +230,12 @@ op("qconv", Attr("out", "int", check=positive), Attr("k", "ints", check=positive
               [(4, 17)])))
 
 op("qlinear", Attr("out", "int", check=positive), Attr("bias", "bool", True), Attr("relu", "bool", False),
-   Attr("dequantize", "bool", False),
+   Attr("dequantize", "bool", False), Attr("requantize", "bool", True),
    shape=lambda a, ins: (a.out, *ins[0][1:]),
    params=lambda a, ins: ins[0][0] * a.out + (a.out if a.bias else 0),
    macs=lambda a, ins, out: numel(out) * ins[0][0],
    torch=lambda a, ins: (QLinear, dict(in_features=ins[0][0], out_features=a.out, bias=a.bias, relu=a.relu,
-                                       dequantize=a.dequantize)),
+                                       dequantize=a.dequantize, requantize=a.requantize)),
    reference=_linear_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
    spatial_dims=(0, 1, 2),
    doc="Linear over the channel axis of quantized uint8 activations, per-channel int8 weights (PyTorch's "

@@ -14,8 +14,9 @@ clips. An int8 add trains with one observer on both arguments (codegen.torch_fx.
 feeding it requantizes to that range and the quantized add reads both arguments exactly as QAT did. Deploy then differs from QAT by at
 most one quantization step per skipped rounding point (a fused ReLU's or a folded BN's own observer).
 
-A conv / linear whose result no observed int8 node reads (a classifier before the graph output) keeps the
-integer kernel with a float result (int8_linear / int8_conv), as does a conv with asymmetric padding.
+A linear on (C,) whose result no observed int8 node reads (a classifier) runs oneDNN's int8 linear with a
+float32 result (qlinear, requantize=False): exactly QAT's arithmetic. Such a conv, or a linear over more axes,
+keeps the torch._int_mm kernel (int8_conv / int8_linear), as does a conv with asymmetric padding.
 """
 from __future__ import annotations
 
@@ -139,6 +140,7 @@ def lower_int8(G, weights, res) -> set:
             continue
         y_qp = output_qparams(G, node, weights)
         if y_qp is None:
+            _float_result_linear(G, node, weights, res)
             continue
         y_qp = _after_fused_relu(G, node, weights) or y_qp
         if d["op"] == "add" and len(srcs) == 2 and any(s in quantized for s in srcs):
@@ -164,6 +166,19 @@ def lower_int8(G, weights, res) -> set:
         quantized.add(node)
     _fuse_relus(G, quantized, res)
     return quantized
+
+
+def _float_result_linear(G, node, weights, res) -> None:
+    # linear on (C,) that no observed int8 node reads (a classifier) -> qlinear with a float32 result
+    d = G.nodes[node]
+    x_qp = _observed(G, node, weights)
+    if d["op"] != "linear" or x_qp is None or len(G.nodes[inputs(G, node)[0]]["shape"]) != 1:
+        return
+    cin, keys = G.nodes[inputs(G, node)[0]]["shape"][0], weight_keys(G, node)
+    set_op(G, node, "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias, requantize=False))
+    if weights is not None:
+        weights[node] = _kernel_state(weights[node], keys, (d["attrs"].out, cin), x_qp, (1.0, 0))
+    res.changed.append(f"{node}: linear -> qlinear (oneDNN int8 kernel, float32 result)")
 
 
 def _fuse_relus(G, quantized, res) -> None:

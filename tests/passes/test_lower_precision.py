@@ -13,7 +13,7 @@ import torch
 
 import archdsl
 from archdsl.ops.lowp import Cast, Int8Conv, Int8Linear, QuantDequant
-from archdsl.ops.quantized import QAdd, QConv
+from archdsl.ops.quantized import QAdd, QConv, QLinear
 from archdsl.quant import ActFakeQuant
 import archdsl.passes.lower_precision as lower_precision_module
 from archdsl.passes import run_pipeline
@@ -105,8 +105,9 @@ model m() {
 @pytest.mark.parametrize("src", [EXACT, EXACT.replace("[3, 13, 11]", "[3, 17]").replace("[1, 3]", "3")
                                  .replace("[0, 1]", "1")], ids=["2d", "1d"])
 def test_int8_chain_without_dropped_rounding_points_equals_training(src):
-    # conv requantizes onto conv_1's observer, conv_1 onto flatten's, the classifier quantizes its own input:
-    # exactly QAT's rounding points, so only float rounding separates the two (batch 1)
+    # conv requantizes onto conv_1's observer, conv_1 onto flatten's, the classifier reads flatten's grid and
+    # returns its exact float result: exactly QAT's rounding points (flatten's and linear's observers saw the
+    # same tensor), so only float rounding separates the two (batch 1)
     m, x = _trained(src)
     x = x[:1]
     _settle(m, x)
@@ -114,7 +115,8 @@ def test_int8_chain_without_dropped_rounding_points_equals_training(src):
         y, d = m(x), m.deploy(log=lambda msg: None)
         yd = d(x)
     assert [type(d.get_submodule(n)).__name__ for n in ("conv", "conv_1", "linear")] == ["QConv", "QConv",
-                                                                                         "Int8Linear"]
+                                                                                         "QLinear"]
+    assert not d.get_submodule("linear").requantize  # float logits: no output grid
     assert _rel(yd, y) < 1e-5
 
 
@@ -123,7 +125,7 @@ def test_int8_weights_are_per_channel_symmetric_integers():
     d = m.deploy(log=lambda msg: None)
     w = m.get_submodule("linear").op.weight.detach()
     k = d.get_submodule("linear")
-    assert isinstance(k, Int8Linear)
+    assert isinstance(k, QLinear)
     scale = w.abs().amax(1) / 127
     torch.testing.assert_close(k.wscale, scale)
     assert torch.equal(k.qweight.long(), torch.round(w / scale[:, None]).long())
@@ -260,7 +262,7 @@ def test_structure_only_deploy_graph_counts_the_same_parameters():
     G = archdsl.build(archdsl.parse(INT8_2D))
     D, _, _ = run_pipeline(G, None)
     ops = {nd["op"] for _, nd in D.nodes(data=True)}
-    assert {"qconv", "qadd", "int8_linear"} <= ops
+    assert {"qconv", "qadd", "qlinear"} <= ops
     # the same parameters as the fp32 deploy graph (both fold the bn): lowering to int8 drops none
     D32, _, _ = run_pipeline(archdsl.build(archdsl.parse(INT8_2D.replace("@precision(int8)", ""))), None)
     assert sum(nd["params"] for _, nd in D.nodes(data=True)) == sum(nd["params"] for _, nd in D32.nodes(data=True))
@@ -325,3 +327,50 @@ def test_deploying_quantized_regions_without_lower_precision_is_a_clear_error():
     assert "--disable-pass" in e.value.hint
     with pytest.raises(ArchError, match="int8 regions"):
         m.deploy(select=["fold_bn", "group_fusion"])
+
+
+@pytest.mark.parametrize("batch,cin,size,k,stride,dilation,pad,groups", [
+    (1, 1, (40,), (5,), (2,), (1,), (2,), 1),           # the MNIST-1D CNN's stem on one sample
+    (3, 6, (17,), (3,), (1,), (2,), (1,), 3),
+    (1, 5, (7, 9), (3, 3), (2, 1), (1, 1), (1, 0), 5),  # depthwise, odd sizes
+    (2, 4, (11, 6), (1, 3), (1, 2), (1, 2), (0, 2), 1),
+])
+def test_quantized_kernels_on_quantized_inputs_against_float64(batch, cin, size, k, stride, dilation, pad, groups):
+    # the interior of an int8 region: quint8 in (its own scale / zero point), quint8 out; the reference
+    # dequantizes, convolves in float64 and rounds onto the output grid. Each output may differ by at most
+    # one level where float32 requantization and float64 fall on either side of a rounding boundary.
+    torch.manual_seed(0)
+    cout = 2 * groups if 6 % groups else 6
+    m = QConv(cin, cout, k, stride, pad, dilation, groups=groups, relu=True)
+    m.wscale.copy_(torch.rand(cout) * 0.02 + 0.003)
+    m.bias.copy_(torch.randn(cout) * 0.3)
+    m.y_scale.fill_(0.0213)
+    m.y_zero.fill_(0.0)
+    q = torch.quantize_per_tensor(torch.randn(batch, cin, *size) * 2, 0.0337, 119, torch.quint8)
+    y = m(q)
+    assert y.is_quantized and y.q_scale() == pytest.approx(0.0213) and y.q_zero_point() == 0
+    conv = torch.nn.functional.conv1d if len(size) == 1 else torch.nn.functional.conv2d
+    ref = torch.relu(conv(q.dequantize().double(), m.qweight.double() * m.wscale.double().view(-1, 1, *[1] * len(size)),
+                          m.bias.double(), stride, pad, dilation, groups))
+    levels = torch.clamp(torch.round(ref / 0.0213), 0, 255)
+    got = y.int_repr().double()
+    assert got.shape == levels.shape and (got - levels).abs().max() <= 1 and (got != levels).float().mean() < 0.01
+
+
+def test_quantized_add_of_two_grids_and_float_result_linear_against_float64():
+    torch.manual_seed(1)
+    a = torch.quantize_per_tensor(torch.randn(1, 5, 3, 7), 0.021, 130, torch.quint8)
+    b = torch.quantize_per_tensor(torch.randn(1, 5, 3, 7) * 3, 0.047, 101, torch.quint8)
+    add = QAdd(relu=True)
+    add.y_scale.fill_(0.031)
+    add.y_zero.fill_(0.0)
+    ref = torch.clamp(torch.round(torch.relu(a.dequantize().double() + b.dequantize().double()) / 0.031), 0, 255)
+    assert (add(a, b).int_repr().double() - ref).abs().max() <= 1
+    # a classifier: exact int32 product scaled to float32, no output grid (QAT's arithmetic)
+    lin = QLinear(13, 4, requantize=False)
+    lin.wscale.copy_(torch.rand(4) * 0.01 + 0.002)
+    lin.bias.copy_(torch.randn(4))
+    x = torch.quantize_per_tensor(torch.randn(1, 13), 0.029, 77, torch.quint8)
+    y = lin(x)
+    ref = x.dequantize().double() @ (lin.qweight.double() * lin.wscale.double()[:, None]).t() + lin.bias.double()
+    assert y.dtype == torch.float32 and _rel(y, ref) < 1e-6
