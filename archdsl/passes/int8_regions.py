@@ -124,10 +124,12 @@ def _kernel_state(state, keys, weight_shape, x_qp, y_qp) -> dict:
     return out
 
 
-def lower_int8(G, weights, res) -> set:
-    """Rewrite int8 nodes onto quantized kernels; returns the nodes whose result is a quint8 tensor (their IR
-    dtype is set to "quint8"). Nodes not handled here are left to lower_precision's other int8 paths."""
+def lower_int8(G, weights, res) -> tuple[set, set]:
+    """Rewrite int8 nodes onto quantized kernels; returns (the nodes whose result is a quint8 tensor (their IR
+    dtype is set to "quint8"), every node handled here). The rest is left to lower_precision's other int8
+    paths."""
     quantized: set = set()
+    done: set = set()
     for node in order(G):
         d = G.nodes[node]
         if d["precision"] != "int8" or d["op"] in ("input", "output"):
@@ -140,7 +142,8 @@ def lower_int8(G, weights, res) -> set:
             continue
         y_qp = output_qparams(G, node, weights)
         if y_qp is None:
-            _float_result_linear(G, node, weights, res)
+            if _float_result_linear(G, node, weights, res):
+                done.add(node)
             continue
         y_qp = _after_fused_relu(G, node, weights) or y_qp
         if d["op"] == "add" and len(srcs) == 2 and any(s in quantized for s in srcs):
@@ -165,20 +168,21 @@ def lower_int8(G, weights, res) -> set:
         d["dtype"] = QUINT8
         quantized.add(node)
     _fuse_relus(G, quantized, res)
-    return quantized
+    return quantized, done | quantized
 
 
-def _float_result_linear(G, node, weights, res) -> None:
+def _float_result_linear(G, node, weights, res) -> bool:
     # linear on (C,) that no observed int8 node reads (a classifier) -> qlinear with a float32 result
     d = G.nodes[node]
     x_qp = _observed(G, node, weights)
     if d["op"] != "linear" or x_qp is None or len(G.nodes[inputs(G, node)[0]]["shape"]) != 1:
-        return
+        return False
     cin, keys = G.nodes[inputs(G, node)[0]]["shape"][0], weight_keys(G, node)
     set_op(G, node, "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias, requantize=False))
     if weights is not None:
         weights[node] = _kernel_state(weights[node], keys, (d["attrs"].out, cin), x_qp, (1.0, 0))
     res.changed.append(f"{node}: linear -> qlinear (oneDNN int8 kernel, float32 result)")
+    return True
 
 
 def _fuse_relus(G, quantized, res) -> None:

@@ -164,11 +164,11 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
     if all(d["precision"] == "fp32" for _, d in G.nodes(data=True)):
         return res
     quantized: dict = {}
-    on_kernels = lower_int8(G, weights, res)
+    on_kernels, handled = lower_int8(G, weights, res)
     for node in order(G):
         d = G.nodes[node]
         p = d["precision"]
-        if d["op"] in ("input", "output") or p == "fp32" or node in on_kernels:
+        if d["op"] in ("input", "output") or p == "fp32" or node in handled:
             continue
         if p in DEPLOY_DTYPE and d["op"] in EXACT_IN_ANY_DTYPE:
             continue  # runs in its input's dtype (_follow_input_dtype)
