@@ -204,10 +204,27 @@ def cmd_compile(args) -> int:
     from archdsl.passes.lower_precision import simulated_notice
 
     module, results = None, None
+    if (args.calibrate or args.load) and not args.weights:
+        raise ArchError("--calibrate / --load change the weights, and only --weights saves them",
+                        hint="add --weights OUT.pt (the deploy module's state dict, loaded by the emitted module)")
+    if args.calibrate and not _deploy_mode(args):
+        raise ArchError("--calibrate quantizes for deployment, but the mode is train", hint="add --mode deploy")
     if weights:
         module = archdsl.compile(G)
-        if _deploy_mode(args):
+        if args.load:
+            from archdsl.ptq import load_weights
+
+            load_weights(module, args.load)
+        if args.calibrate:
+            from archdsl.ptq import calibrate, calibration_batches
+
+            data = calibration_batches(args.calibrate, G.nodes[G.graph["input"]]["shape"], args.calibrate_batches, 64)
+            seen = calibrate(module, data)
+            print(f"calibrated {seen} int8 observer(s) on {sum(len(b) for b in data)} samples of {args.calibrate}",
+                  file=sys.stderr)
+        elif _deploy_mode(args) and not args.load:
             archdsl.api.calibrate(module)  # fresh weights: give int8 observers a range, as compile(mode="deploy")
+        if _deploy_mode(args):
             module = module.deploy(select=_names(args.passes), disable=_names(args.disable_pass) or (),
                                    dump_dir=args.dump_ir, log=lambda msg: None)
             G, results = module.archdsl_ir, module.pass_results
@@ -416,7 +433,13 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="emit a self-contained PyTorch module")
     common(c)
     c.add_argument("-o", "--output", required=True, help="the .py file to write")
-    c.add_argument("--weights", help="also save the freshly initialised state dict here (.pt)")
+    c.add_argument("--weights", help="also save the state dict here (.pt): freshly initialised, or --load's, "
+                                     "converted for deploy with --mode deploy")
+    c.add_argument("--load", metavar="PT", help="start from these trained weights (a train-mode state dict)")
+    c.add_argument("--calibrate", metavar="DATA",
+                   help="post-training quantization: run DATA (mnist1d, digits, npz(\"f.npz\"), f.npz) through "
+                        "the int8 observers before deploying")
+    c.add_argument("--calibrate-batches", type=int, default=10, metavar="N", help="batches of 64 (default 10)")
     _deploy_flags(c)
     c.set_defaults(fn=cmd_compile)
 

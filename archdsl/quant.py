@@ -56,10 +56,13 @@ class ActFakeQuant(nn.Module):
         zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
         return scale.float(), zero
 
-    def forward(self, x):
+    def forward(self, *xs):
+        """Quantize the argument(s); in training, first record their range. Several arguments (an add's) share
+        one grid: one update with the range of them all, so the grid holds every one of them."""
         if self.training:
             with torch.no_grad():
-                lo, hi = x.detach().min().float(), x.detach().max().float()
+                lo = torch.stack([x.detach().min() for x in xs]).min().float()
+                hi = torch.stack([x.detach().max() for x in xs]).max().float()
                 if int(self.seen) == 0:
                     self.lo.copy_(lo)
                     self.hi.copy_(hi)
@@ -68,9 +71,10 @@ class ActFakeQuant(nn.Module):
                     self.hi.add_(self.averaging * (hi - self.hi))
                 self.seen.add_(1)
         if int(self.seen) == 0:
-            return x  # never observed: nothing to quantize against yet
+            return xs[0] if len(xs) == 1 else xs  # never observed: nothing to quantize against yet
         scale, zero = self.qparams()
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+        out = tuple(torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255) for x in xs)
+        return out[0] if len(out) == 1 else out
 
 
 class Fp8Round(nn.Module):
@@ -122,5 +126,8 @@ class Precision(nn.Module):
             return y.float()
         if self.precision == "fp32":
             return self.op(*xs)
-        xs = tuple(self.act(x) for x in xs)
+        if isinstance(self.act, ActFakeQuant) and len(xs) > 1:
+            xs = self.act(*xs)  # an add's arguments on one grid
+        else:
+            xs = tuple(self.act(x) for x in xs)
         return torch.func.functional_call(self.op, self._weights(), xs)

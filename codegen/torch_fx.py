@@ -17,11 +17,21 @@ from archdsl.ir.modules import module_for
 from archdsl.ops.registry import get_op
 
 
+def as_function(G: nx.DiGraph, node: str) -> bool:
+    """Whether a node lowers to a plain function call (add, mul, concat) rather than a submodule. An int8 add
+    in a train graph is a module: it trains with an observer on its arguments (archdsl.quant.Precision), so
+    deploy knows the range a quantized add reads them in."""
+    d = G.nodes[node]
+    if get_op(d["op"]).function is None:
+        return False
+    return not (d["op"] == "add" and d["precision"] == "int8" and not G.graph.get("precision_lowered"))
+
+
 def build_modules(G: nx.DiGraph) -> dict[str, nn.Module]:
     mods = {}
     for node in order(G):
         d = G.nodes[node]
-        if d["op"] in ("input", "output") or get_op(d["op"]).function is not None:
+        if d["op"] in ("input", "output") or as_function(G, node):
             continue
         cls, kwargs = module_for(G, node)
         mods[node] = with_dtype(cls(**kwargs), d) if G.graph.get("precision_lowered") else \
@@ -88,6 +98,8 @@ def build_graph(G: nx.DiGraph) -> fx.Graph:
             env[node] = graph.placeholder(node)
         elif d["op"] == "output":
             graph.output(args[0])
+        elif not as_function(G, node):
+            env[node] = graph.call_module(node, tuple(args))
         elif d["op"] == "concat":
             env[node] = graph.call_function(torch.cat, (args,), {"dim": 1})
         elif d["op"] in ("add", "mul"):

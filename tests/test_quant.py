@@ -115,3 +115,16 @@ def test_precision_int8_quantizes_weights_and_inputs_and_learns():
     assert torch.allclose(y.double(), ref, atol=1e-5)
     y.square().sum().backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_an_int8_add_quantizes_both_arguments_on_one_grid_holding_both():
+    # a residual x (wide) plus a layer-scaled branch (tiny): the grid must hold x, not an average of the two
+    from archdsl.ops.merge import Add
+
+    p = Precision(Add(), "int8").train()
+    x, branch = torch.linspace(-4.0, 6.0, 11), torch.full((11,), 1e-6)
+    y = p(x, branch)
+    assert float(p.act.lo) == -4.0 and float(p.act.hi) == 6.0 and int(p.act.seen) == 1
+    scale = 10.0 / 255
+    ref = (np.clip(np.round(x.double().numpy() / scale) + round(4.0 / scale), 0, 255) - round(4.0 / scale)) * scale
+    np.testing.assert_allclose(y.double().numpy(), ref, atol=1e-6)  # the branch rounds to 0 on that grid

@@ -1,7 +1,8 @@
 """Deploy-time precision ops: what the `lower_precision` pass turns bf16 / fp16 / int8 / fp8 regions into.
 
 - ``cast(to)``: a dtype conversion where a tensor crosses into or out of a bf16 / fp16 region (those regions
-  then hold bf16 / fp16 weights and run in that dtype, not under autocast).
+  then hold bf16 / fp16 weights and run in that dtype, not under autocast), or dequantizes a quantized tensor
+  leaving an int8 region (archdsl/ops/quantized.py).
 - ``quantize(scheme)``: quantize-dequantize of an activation: per-tensor affine uint8 with the scale and zero
   point its trained observer settled on (int8), or rounding to an fp8 format. It is the train-mode fake
   quantization made explicit, so deploy computes what QAT trained.
@@ -35,6 +36,8 @@ class Cast(nn.Module):
                          "float64": torch.float64}[to]
 
     def forward(self, x):
+        if x.is_quantized:  # a quantized (quint8) tensor leaving an int8 region
+            x = x.dequantize()
         return x.to(self.to_dtype)
 
 

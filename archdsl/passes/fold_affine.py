@@ -40,8 +40,8 @@ def fold_affine(G, weights) -> PassResult:
         if sole_consumer(G, src) != node:
             res.decline(node, f"'{src}' is also read by {users_text(G, src)}")
             continue
-        if precision_blocker(G, src, node):
-            res.decline(node, precision_blocker(G, src, node))
+        if precision_blocker(G, src, node, scales_outputs=True):
+            res.decline(node, precision_blocker(G, src, node, scales_outputs=True))
             continue
         if weights is not None:
             w, b = get_wb(G, weights, src)

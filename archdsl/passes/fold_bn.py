@@ -69,7 +69,7 @@ def fold_bn(G, weights) -> PassResult:
         if bn not in G or G.nodes[bn]["op"] != "bn":
             continue
         src = inputs(G, bn)[0]
-        blocked = precision_blocker(G, src, bn)
+        blocked = precision_blocker(G, src, bn, scales_outputs=True)
         if G.nodes[src]["op"] in LINEAR_OPS and sole_consumer(G, src) == bn and not blocked:
             _fold_after(G, weights, bn, src)
             res.changed.append(f"{bn}: {G.nodes[src]['op']} '{src}' >> bn -> {G.nodes[src]['op']} (bias)")

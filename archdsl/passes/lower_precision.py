@@ -4,10 +4,14 @@ Train mode simulates precision (archdsl/quant.py): bf16 / fp16 under autocast, i
 inputs and weights, fp8 as rounding. Deploy makes that explicit in the IR, node by node:
 
     bf16 / fp16   the node's weights become bf16 / fp16 and it runs in that dtype; `cast` nodes convert at
-                  region boundaries (one per tensor and dtype), the graph output is fp32 again
-    int8          conv / pwconv / linear with groups = 1 -> int8_conv / int8_linear (torch._int_mm: int8 x
-                  int8 -> int32, exact); any other int8 node is simulated: its weights are stored already
-                  quantized and a `quantize` node (the observer's scale and zero point) rounds its input
+                  region boundaries (one per tensor and dtype), the graph output is fp32 again; a conv / linear
+                  too small for the bf16 kernel to pay (LOW_FLOAT_PAYS_MACS) runs the fp32 kernel on its
+                  bf16-rounded weights
+    int8          conv / linear / add -> PyTorch's quantized kernels (qconv / qlinear / qadd, ReLU fused), quint8
+                  tensors between them (archdsl/passes/int8_regions.py); a conv / linear no observed int8 node
+                  reads (a classifier) -> int8_conv / int8_linear (torch._int_mm, float result); any other int8
+                  node is simulated: its weights are stored already quantized and a `quantize` node (the
+                  observer's scale and zero point) rounds its input
     fp8           simulated (no CPU fp8 kernels): weights stored rounded, a `quantize` node rounds the input
 
 A node's input is quantized only where training quantized it (its observer saw data); parameter-free merges
@@ -24,11 +28,16 @@ import torch
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
 from archdsl.ir.modules import conv_geometry, meta_module, spec_of, weight_keys
+from archdsl.passes.int8_regions import QUINT8, UNKNOWN, lower_int8
 from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
-UNKNOWN = "unknown"  # act_qparams before weights are known (`check --mode deploy`): assume it observed data
+# Below this many multiply-accumulates per sample a conv / linear runs faster on the fp32 kernel than on the
+# bf16 one on CPU (oneDNN; casts included): measured at batch 1 on 1-D / 2-D convs, bf16 at 0.3-0.6x of fp32
+# from 0.04M to 0.8M MACs, 0.99x at 6.3M, 1.04-1.3x from 9.4M up (BENCHMARKS.md section 5). Such a node keeps
+# its bf16-rounded weights and runs the fp32 kernel, so a bf16 region is never slower than fp32.
+LOW_FLOAT_PAYS_MACS = 8_000_000
 
 
 def _scheme(precision: str) -> str:
@@ -43,8 +52,8 @@ def _qparams(G, node, weights):
 
 def _quantizes_input(G, node, weights) -> bool:
     d = G.nodes[node]
-    if get_op(d["op"]).function is not None:  # add / mul / concat: no module, no observer in train mode
-        return False
+    if get_op(d["op"]).function is not None:  # mul / concat: no module, no observer in train mode; int8 add: one
+        return d["op"] == "add" and d["precision"] == "int8" and _qparams(G, node, weights) is not None
     return d["precision"] != "int8" or _qparams(G, node, weights) is not None
 
 
@@ -136,14 +145,14 @@ def _add_cast(G, src, dtype, span, made) -> str:
 
 
 def _follow_input_dtype(G, res) -> None:
-    """An fp32 op that only moves or selects values (flatten, max-pool, relu, ...) gives the same numbers in
-    any dtype, so it runs in its inputs' dtype: a bf16 -> maxpool -> bf16 stretch then needs no cast at all."""
+    """An fp32 or bf16 / fp16 op that only moves or selects values (flatten, max-pool, relu, ...) gives the same
+    numbers in any dtype, so it runs in its inputs' dtype: a bf16 -> maxpool -> bf16 stretch then needs no cast."""
     for node in order(G):
         d, spec = G.nodes[node], spec_of(G, node)
-        if spec is None or not spec.exact_in_any_dtype or d["precision"] != "fp32":
+        if spec is None or not spec.exact_in_any_dtype or d["precision"] not in ("fp32", *DEPLOY_DTYPE):
             continue
         dtypes = {_dtype(G, src) for src in inputs(G, node)}
-        if len(dtypes) == 1 and dtypes != {"float32"}:
+        if len(dtypes) == 1 and dtypes - {"float32", QUINT8}:
             d["dtype"] = dtypes.pop()
             res.changed.append(f"{node}: {d['op']} runs in {d['dtype']} like its input (exact in any dtype)")
 
@@ -154,10 +163,22 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
     if all(d["precision"] == "fp32" for _, d in G.nodes(data=True)):
         return res
     quantized: dict = {}
+    on_kernels, handled = lower_int8(G, weights, res)
     for node in order(G):
         d = G.nodes[node]
         p = d["precision"]
-        if d["op"] in ("input", "output") or p == "fp32":
+        if d["op"] in ("input", "output") or p == "fp32" or node in handled:
+            continue
+        if p in DEPLOY_DTYPE and getattr(spec_of(G, node), "exact_in_any_dtype", False):
+            continue  # runs in its input's dtype (_follow_input_dtype)
+        if p in DEPLOY_DTYPE and 0 < d.get("macs", 0) < LOW_FLOAT_PAYS_MACS:
+            # bf16 rounding of the weights kept, the fp32 kernel run: the same function, faster at this size
+            if weights is not None:
+                dt = LOW_FLOAT_DTYPES[DEPLOY_DTYPE[p]]
+                weights[node] = {k: v.to(dt).to(v.dtype) if v.is_floating_point() else v
+                                 for k, v in weights.get(node, {}).items()}
+            res.changed.append(f"{node}: {p}-rounded weights on the fp32 kernel ({d['macs']:,} MACs per sample, "
+                               f"below {LOW_FLOAT_PAYS_MACS:,}: the {p} kernel is slower there)")
             continue
         if p in DEPLOY_DTYPE:
             d["dtype"] = DEPLOY_DTYPE[p]
@@ -178,7 +199,8 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         if weights is not None and weights.get(node):
             weights[node] = _fake_weights(G, node, weights[node])
         if _quantizes_input(G, node, weights):
-            for src in dict.fromkeys(inputs(G, node)):
+            # a quantized kernel's result is already on a grid (the widest its readers trained with)
+            for src in dict.fromkeys(s for s in inputs(G, node) if s not in on_kernels):
                 redirect(G, src, _add_quantize(G, weights, src, node, quantized), only=node)
         if p != "int8":
             why = "no fp8 kernels on this backend"
@@ -193,6 +215,8 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         if G.nodes[node]["op"] in ("input", "cast"):
             continue
         need = _dtype(G, node)
+        if need == QUINT8:  # a quantized kernel quantizes a float argument itself
+            continue
         for src in dict.fromkeys(inputs(G, node)):
             if _dtype(G, src) != need:
                 redirect(G, src, _add_cast(G, src, need, G.nodes[node].get("span"), casts), only=node)

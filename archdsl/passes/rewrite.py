@@ -15,15 +15,20 @@ STRUCTURAL = ("input", "output")
 QUANTIZED = ("int8", "fp8", "fp8_e4m3", "fp8_e5m2")  # precisions trained with fake quantization / rounding
 
 
-def precision_blocker(G: nx.DiGraph, *nodes: str) -> str | None:
+def precision_blocker(G: nx.DiGraph, *nodes: str, scales_outputs: bool = False) -> str | None:
     """Why these nodes cannot become one (None: they can). Different precisions cannot share weights; in an
     int8 / fp8 region each node quantized its own input and weights while training, and a merged node would
-    drop or move those rounding points, so deploy would no longer compute what the model trained as."""
+    drop or move those rounding points, so deploy would no longer compute what the model trained as.
+
+    `scales_outputs`: the merge multiplies each output channel of an int8 conv / linear by a factor (conv >>
+    bn, conv >> layerscale). Per-channel symmetric weight quantization commutes with that (the channel's
+    scale is max|w| / 127, scaled by the same factor), so only the second node's input observer is dropped:
+    one quantization step, as PyTorch's own conv-bn fusion for int8 does."""
     precisions = {G.nodes[n]["precision"] for n in nodes}
     if len(precisions) > 1:
         return "their precisions differ (" + ", ".join(f"'{n}' {G.nodes[n]['precision']}" for n in nodes) + ")"
     (p,) = precisions
-    if p in QUANTIZED:
+    if p in QUANTIZED and not (scales_outputs and p == "int8"):
         return f"it is in an {p} region: merging would move the quantization points it was trained with"
     return None
 

@@ -1,0 +1,250 @@
+"""Deploy-time int8 ops on PyTorch's quantized kernels (x86 / oneDNN / fbgemm backends): what `lower_precision`
+turns int8 regions into where the backend has a kernel.
+
+Between these ops tensors are quantized (``torch.quint8``: per-tensor affine uint8, the scale and zero point
+the trained observers settled on); weights are per-output-channel symmetric int8, as QAT trained them
+(archdsl/quant.py). Each conv / linear / add requantizes its result to the output scale and zero point the
+pass chose (the observer of the input the next int8 node trained with), with the ReLU fused where one follows.
+
+    qconv    1-D / 2-D conv (any groups: dense, grouped, depthwise)   torch.ops.quantized.conv{1,2}d[_relu]
+    qlinear  linear over the channel axis                              torch.ops.quantized.linear[_relu]
+             requantize=False: a float32 result on (N, C)              torch.ops.onednn.qlinear_pointwise
+    qadd     residual add of two quantized tensors                     torch.ops.quantized.add[_relu]
+
+A float input is quantized on entry with the node's input scale and zero point (a region's first node);
+``dequantize=True`` returns a float result in the input's dtype (registry examples; quantized inputs give
+float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
+
+Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
+weights are built on first use and rebuilt when those buffers change. The classes depend on torch alone:
+`archdsl compile -o` copies their source.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archdsl.ops.registry import Attr, non_negative, op, positive
+from archdsl.ops.shapes import numel
+
+# torch 2.13 announces that quantized tensor creation is deprecated (pytorch/pytorch#184982) while its x86
+# quantized kernels remain the fastest int8 path on CPU; said once here rather than at every deploy.
+warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
+
+
+def _quantize(x, scale, zero):
+    """A float tensor as quint8; a 4-D one channels-last, the layout the x86 quantized kernels run fast in."""
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return torch.quantize_per_tensor(x.float(), scale, zero, torch.quint8)
+
+
+class _QuantizedOp(nn.Module):
+    """Buffers and caching shared by the quantized kernels: the input and output (scale, zero point), and the
+    packed weights built from ``qweight`` / ``wscale`` / ``bias`` when they change."""
+
+    _frozen_weights = ("qweight", "bias")  # trained weights held as buffers: counted as parameters
+
+    def __init__(self, weight_shape, bias, relu, dequantize):
+        super().__init__()
+        self.relu, self.dequantize = relu, dequantize
+        if weight_shape is not None:
+            self.register_buffer("qweight", torch.randint(-127, 128, weight_shape, dtype=torch.int8))
+            # placeholders until a state_dict loads (not round numbers: no value lands exactly between levels)
+            self.register_buffer("wscale", torch.full((weight_shape[0],), 0.0123))
+            self.register_buffer("bias", torch.zeros(weight_shape[0]) if bias else None)
+        self.register_buffer("x_scale", torch.tensor(0.0371))
+        self.register_buffer("x_zero", torch.tensor(131.0))
+        self.register_buffer("y_scale", torch.tensor(0.0529))
+        self.register_buffer("y_zero", torch.tensor(117.0))
+        self._cache = (None, None)
+
+    def _prepared(self):
+        """(packed weights or None, x_scale, x_zero, y_scale, y_zero) as Python values, rebuilt on change."""
+        tensors = [t for t in self._buffers.values() if t is not None]
+        key = tuple((id(t), t._version) for t in tensors)
+        if self._cache[0] != key:
+            packed = self._pack() if "qweight" in self._buffers else None
+            qp = (float(self.x_scale), int(self.x_zero), float(self.y_scale), int(self.y_zero))
+            self._cache = (key, (packed, *qp))
+        return self._cache[1]
+
+    def _qweight(self):
+        """The int8 weight as a per-channel quantized tensor (qweight * wscale is exactly on its own grid)."""
+        scale = self.wscale.double()
+        view = (-1, *([1] * (self.qweight.dim() - 1)))
+        w = self.qweight.double() * scale.view(view)
+        zeros = torch.zeros(len(scale), dtype=torch.long)
+        return torch.quantize_per_channel(w.float(), scale, zeros, 0, torch.qint8)
+
+    def _bias(self):
+        return self.bias.float() if self.bias is not None else None
+
+    def _result(self, y, x):
+        return y.dequantize().to(x.dtype if not x.is_quantized else torch.float32) if self.dequantize else y
+
+
+class QConv(_QuantizedOp):
+    """A 1-D / 2-D convolution on quantized tensors, ReLU optionally fused, result requantized."""
+
+    _emit_deps = (_QuantizedOp, _quantize)
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=True,
+                 relu=False, dequantize=False):
+        super().__init__((out_channels, in_channels // groups, *kernel_size), bias, relu, dequantize)
+        self.stride, self.padding, self.dilation, self.groups = list(stride), list(padding), list(dilation), groups
+        name = f"conv{len(kernel_size)}d"
+        self._prepack = getattr(torch.ops.quantized, name + "_prepack")
+        self._kernel = getattr(torch.ops.quantized, name + ("_relu" if relu else ""))
+
+    def _pack(self):
+        return self._prepack(self._qweight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        packed, xs, xz, ys, yz = self._prepared()
+        q = x if x.is_quantized else _quantize(x, xs, xz)
+        return self._result(self._kernel(q, packed, ys, yz), x)
+
+
+class QLinear(_QuantizedOp):
+    """y = x W^T + b over the channel axis (dim 1) of quantized tensors, ReLU optionally fused, result
+    requantized."""
+
+    _emit_deps = (_QuantizedOp, _quantize)
+
+    def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False, requantize=True):
+        super().__init__((out_features, in_features), bias, relu, dequantize)
+        self.requantize = requantize
+        self._kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
+
+    def _pack(self):
+        if not self.requantize:  # oneDNN's int8 linear with a float32 result
+            return torch.ops.onednn.qlinear_prepack(self.qweight, None), torch.zeros(len(self.wscale), dtype=torch.long)
+        return torch.ops.quantized.linear_prepack(self._qweight(), self._bias())
+
+    def _float_result(self, q, packed):
+        """The exact product (uint8 - zero point) x int8 in int32, scaled to float32 plus the float bias: no
+        output grid, as QAT computes a layer no quantized node reads (a classifier)."""
+        post = ("relu" if self.relu else "none")
+        y = torch.ops.onednn.qlinear_pointwise(q.int_repr(), q.q_scale(), q.q_zero_point(), packed[0], self.wscale,
+                                               packed[1], self.bias, 1.0, 0, torch.float32, post, [], "")
+        return y.to(torch.float32 if q.is_quantized else q.dtype)
+
+    def forward(self, x):
+        packed, xs, xz, ys, yz = self._prepared()
+        q = x if x.is_quantized else _quantize(x, xs, xz)
+        if not self.requantize and q.dim() == 2:
+            return self._float_result(q, packed)
+        if q.dim() == 2:
+            return self._result(self._kernel(q, packed, ys, yz), x)
+        # over the channel axis (dim 1) of (N, C, ...): channels innermost for the kernel, then back
+        y = self._kernel(q.movedim(1, -1).contiguous(), packed, ys, yz)
+        return self._result(y.movedim(-1, 1), x)
+
+
+class QAdd(_QuantizedOp):
+    """a + b of two quantized tensors (each with its own scale and zero point), ReLU optionally fused,
+    requantized. A float argument is quantized with ``x_scale`` / ``x_zero``."""
+
+    _frozen_weights = ()
+    _emit_deps = (_QuantizedOp, _quantize)
+
+    def __init__(self, relu=False, dequantize=False):
+        super().__init__(None, False, relu, dequantize)
+        self._kernel = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
+
+    def forward(self, a, b):
+        _, xs, xz, ys, yz = self._prepared()
+        qa, qb = (t if t.is_quantized else _quantize(t, xs, xz) for t in (a, b))
+        return self._result(self._kernel(qa, qb, ys, yz), a)
+
+
+# ---- references, written another way: dequantize everything, compute in float64 -----------------------
+
+def _levels(x, scale, zero):
+    """float64 values of x rounded onto the uint8 grid (scale, zero point)."""
+    s, z = float(scale), float(zero)
+    return (torch.clamp(torch.round(x.double() / s) + z, 0, 255) - z) * s
+
+
+def _requantize(m, y):
+    """The result's uint8 level, dequantized as torch does: (level - zero point) * scale in float32."""
+    s, z = float(m.y_scale), float(m.y_zero)
+    level = torch.clamp(torch.round((torch.relu(y) if m.relu else y) / s) + z, 0, 255) - z
+    return (level.float() * torch.tensor(s, dtype=torch.float32)).double()
+
+
+def _weight64(m):
+    return m.qweight.double() * m.wscale.double().view(-1, *([1] * (m.qweight.dim() - 1)))
+
+
+def _bias64(m):
+    return m.bias.double() if m.bias is not None else None
+
+
+def _conv_reference(m, x):
+    conv = F.conv1d if x.dim() == 3 else F.conv2d
+    y = conv(_levels(x, m.x_scale, m.x_zero), _weight64(m), _bias64(m), m.stride, m.padding, m.dilation, m.groups)
+    return _requantize(m, y)
+
+
+def _linear_reference(m, x):
+    y = torch.einsum("nc...,oc->no...", _levels(x, m.x_scale, m.x_zero), _weight64(m))
+    b = _bias64(m)
+    return _requantize(m, y + b.view(-1, *([1] * (x.dim() - 2))) if b is not None else y)
+
+
+def _add_reference(m, a, b):
+    return _requantize(m, _levels(a, m.x_scale, m.x_zero) + _levels(b, m.x_scale, m.x_zero))
+
+
+# ---- registrations --------------------------------------------------------------------------------------
+
+def _qconv_shape(a, ins):
+    c, *sp = ins[0]
+    return (a.out, *[(n + 2 * a.padding[i] - a.dilation[i] * (a.k[i] - 1) - 1) // a.stride[i] + 1
+                     for i, n in enumerate(sp)])
+
+
+op("qconv", Attr("out", "int", check=positive), Attr("k", "ints", check=positive),
+   Attr("stride", "ints", 1, check=positive), Attr("padding", "ints", 0, check=non_negative),
+   Attr("dilation", "ints", 1, check=positive), Attr("groups", "int", 1, check=positive),
+   Attr("bias", "bool", True), Attr("relu", "bool", False), Attr("dequantize", "bool", False),
+   shape=_qconv_shape,
+   params=lambda a, ins: ins[0][0] // a.groups * math.prod(a.k) * a.out + (a.out if a.bias else 0),
+   macs=lambda a, ins, out: numel(out) * ins[0][0] // a.groups * math.prod(a.k),
+   torch=lambda a, ins: (QConv, dict(in_channels=ins[0][0], out_channels=a.out, kernel_size=a.k, stride=a.stride,
+                                     padding=a.padding, dilation=a.dilation, groups=a.groups, bias=a.bias,
+                                     relu=a.relu, dequantize=a.dequantize)),
+   reference=_conv_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
+   spatial_dims=(1, 2),
+   doc="Conv on quantized uint8 activations and per-channel int8 weights (PyTorch's quantized kernels).",
+   examples=(({"out": 4, "k": 3, "padding": 1, "dequantize": True}, [(3, 11)]),
+             ({"out": 6, "k": [3, 2], "stride": 2, "padding": [1, 0], "groups": 2, "relu": True,
+               "dequantize": True}, [(4, 7, 6)]),
+             ({"out": 3, "k": 5, "stride": 2, "dilation": 2, "padding": 2, "bias": False, "dequantize": True},
+              [(4, 17)])))
+
+op("qlinear", Attr("out", "int", check=positive), Attr("bias", "bool", True), Attr("relu", "bool", False),
+   Attr("dequantize", "bool", False), Attr("requantize", "bool", True),
+   shape=lambda a, ins: (a.out, *ins[0][1:]),
+   params=lambda a, ins: ins[0][0] * a.out + (a.out if a.bias else 0),
+   macs=lambda a, ins, out: numel(out) * ins[0][0],
+   torch=lambda a, ins: (QLinear, dict(in_features=ins[0][0], out_features=a.out, bias=a.bias, relu=a.relu,
+                                       dequantize=a.dequantize, requantize=a.requantize)),
+   reference=_linear_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
+   spatial_dims=(0, 1, 2),
+   doc="Linear over the channel axis of quantized uint8 activations, per-channel int8 weights (PyTorch's "
+       "quantized kernels).",
+   examples=(({"out": 5, "dequantize": True}, [(7,)]), ({"out": 3, "relu": True, "dequantize": True}, [(9, 4)]),
+             ({"out": 4, "bias": False, "dequantize": True}, [(6, 3, 5)])))
+
+op("qadd", Attr("relu", "bool", False), Attr("dequantize", "bool", False),
+   shape=lambda a, ins: tuple(ins[0]), torch=lambda a, ins: (QAdd, dict(relu=a.relu, dequantize=a.dequantize)),
+   reference=_add_reference, arity=2, category="kernel", precisions=("int8",),
+   doc="Residual add of two quantized tensors, requantized (PyTorch's quantized add).",
+   examples=(({"dequantize": True}, [(3, 9), (3, 9)]), ({"relu": True, "dequantize": True}, [(4, 5, 6), (4, 5, 6)])))

@@ -1,0 +1,104 @@
+"""Post-training quantization: `archdsl compile --mode deploy --load W --calibrate DATA` and archdsl.ptq."""
+import numpy as np
+import pytest
+import torch
+
+import archdsl
+from archdsl import cli
+from archdsl.ops.quantized import QConv
+from archdsl.ptq import calibrate, parse_data
+from archdsl.quant import ActFakeQuant
+
+SRC = """
+@precision(int8)
+model m() {
+  input x[1, 40]
+  conv(6, k = 5, stride = 2, padding = 2) >> relu >> conv(6, k = 3, padding = 1) >> relu
+  flatten >> linear(3)
+}
+"""
+
+
+def run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "m.arch").write_text(SRC)
+    torch.manual_seed(0)
+    fp32 = archdsl.compile(archdsl.parse(SRC.replace("@precision(int8)", "")))
+    torch.save(fp32.state_dict(), tmp_path / "fp32.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(2.0, 3.0, (200, 40)).astype(np.float32), y=rng.integers(0, 3, 200))
+    return tmp_path
+
+
+def test_calibrate_from_an_npz_then_the_emitted_module_runs_quantized_kernels(capsys, files):
+    rc, out, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--load",
+                       str(files / "fp32.pt"), "--calibrate", str(files / "d.npz"), "--calibrate-batches", "2",
+                       "-o", str(files / "m.py"), "--weights", str(files / "w.pt"))
+    assert rc == 0, err
+    assert "calibrated 6 int8 observer(s) on 128 samples" in err  # 2 batches of 64; conv, relu x2, flatten, linear
+    state = torch.load(files / "w.pt")
+    # the first conv quantizes the model input on the range of the calibration data: the first 128 rows of
+    # the data set's training split (N(2, 3)), the mean of the two batches' minima and maxima
+    from archdsl.search.data import load
+
+    x = load("npz", (str(files / "d.npz"),)).x_train[:128]
+    lo, hi = min(float(x[:64].min() + x[64:].min()) / 2, 0.0), max(float(x[:64].max() + x[64:].max()) / 2, 0.0)
+    assert float(state["conv.x_scale"]) == pytest.approx((hi - lo) / 255, rel=1e-5)
+    assert float(state["conv.x_zero"]) == round(-lo / ((hi - lo) / 255))
+    assert state["conv.qweight"].dtype == torch.int8
+
+
+@pytest.mark.parametrize("data,message", [
+    ("mnist2d", "unknown data set 'mnist2d'"),
+    ("digits", "its samples have shape (1, 8, 8), the model's input is [1, 40]"),
+    ('npz("missing.npz")', "cannot read data set missing.npz"),
+    ("1x", "cannot read data set '1x'"),
+])
+def test_bad_calibration_data_is_a_clear_error(capsys, files, data, message):
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--calibrate", data,
+                     "-o", str(files / "m.py"), "--weights", str(files / "w.pt"))
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_calibrate_needs_weights_out_and_deploy_mode(capsys, files):
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--calibrate", "mnist1d",
+                     "-o", str(files / "m.py"))
+    assert rc == 2 and "--weights" in err
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--calibrate", "mnist1d", "-o", str(files / "m.py"),
+                     "--weights", str(files / "w.pt"))
+    assert rc == 2 and "--mode deploy" in err
+
+
+def test_weights_of_another_model_are_a_clear_error(capsys, files):
+    torch.save({"nope.weight": torch.zeros(3)}, files / "other.pt")
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--load", str(files / "other.pt"),
+                     "-o", str(files / "m.py"), "--weights", str(files / "w.pt"))
+    assert rc == 2 and "does not fit this model" in err
+
+
+def test_calibration_is_the_mean_of_batch_ranges_in_eval_mode():
+    torch.manual_seed(0)
+    m = archdsl.compile(archdsl.parse(SRC.replace("conv(6, k = 3, padding = 1)", "conv(6, k = 3, padding = 1) >> bn")))
+    bn = m.get_submodule("bn").op
+    stats = bn.running_mean.clone()
+    batches = [torch.randn(16, 1, 40) * s for s in (1.0, 2.0, 4.0)]
+    assert calibrate(m, batches) == 7
+    first = m.get_submodule("conv").act
+    assert float(first.lo) == pytest.approx(np.mean([float(b.min()) for b in batches]), rel=1e-5)
+    assert float(first.hi) == pytest.approx(np.mean([float(b.max()) for b in batches]), rel=1e-5)
+    assert torch.equal(bn.running_mean, stats) and not m.training  # BatchNorm as at inference
+    assert all(not o.training for o in m.modules() if isinstance(o, ActFakeQuant))
+    assert any(isinstance(k, QConv) for k in m.deploy(log=lambda msg: None).modules())
+
+
+def test_data_spec_parsing():
+    assert parse_data("mnist1d") == ("mnist1d", ())
+    assert parse_data('npz("a/b.npz")') == ("npz", ("a/b.npz",))
+    assert parse_data("a/b.npz") == ("npz", ("a/b.npz",))
+    assert parse_data('images("pics", 32)') == ("images", ("pics", 32))
