@@ -265,7 +265,7 @@ def cmd_search(args) -> int:
     study, spec, data, seconds = run_search(
         program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
         storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
-        fixed=_overrides(program, args.set), progress=not args.quiet)
+        fixed=_overrides(program, args.set), progress=not args.quiet, threads=args.threads)
     summary = write_report(study, out, data, program)
     _print_front(summary, out, seconds)
     return 0
@@ -388,7 +388,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=int, default=1, help="trials run in parallel by this process")
     c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
     c.add_argument("--study", help="study name (default: the search section's name)")
-    c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
+    c.add_argument("--sampler", choices=["evolution", "nsga2", "tpe", "random", "grid"],
+                   help="default: evolution (aging evolution over one choice at a time, duplicates avoided)")
+    c.add_argument("--threads", type=int, help="training threads per job (default: OMP_NUM_THREADS, else 1)")
     c.add_argument("--seed", type=int, default=None, help="sampler seed (default: the file's `seed =`, else 0)")
     c.add_argument("--out", default="runs/search", help="output folder: pareto.json, plots, .arch and modules")
     c.add_argument("--objective", action="append", default=[], metavar="ITEM",

@@ -16,7 +16,7 @@ from archdsl.frontend import ast as A
 
 METRICS = {  # name -> (default direction, allowed arguments)
     "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay"}),
-    "latency": ("minimize", {"batch", "device", "precision", "runs"}),
+    "latency": ("minimize", {"batch", "device", "precision", "runs", "threads"}),
     "params": ("minimize", set()),
     "macs": ("minimize", set()),
     "size": ("minimize", set()),  # bytes of the weights, each at its node's precision (mixed-precision search)
