@@ -139,7 +139,7 @@ class Plan:
 
 
 class EvolutionSampler(BaseSampler):
-    def __init__(self, seed: int | None = None, population: int = 20, tournament: int = 4, warmup: int = 8,
+    def __init__(self, seed: int | None = None, population: int = 12, tournament: int = 3, warmup: int = 4,
                  propose: Callable[[Choose], tuple[dict, str] | None] | None = None, attempts: int = 30):
         self.seed = 0 if seed is None else int(seed)
         self.population, self.tournament, self.warmup = population, tournament, warmup
@@ -158,8 +158,8 @@ class EvolutionSampler(BaseSampler):
         self.seed += 1
 
     def before_trial(self, study, trial) -> None:
-        if "fixed_params" in trial.system_attrs:  # a re-queued or enqueued trial: its values are given
-            return
+        if "fixed_params" in trial.system_attrs or PLAN in trial.system_attrs:
+            return  # a re-queued or enqueued trial (its values are given), or one planned already
         with self._lock:  # threads of one process: each sees the plans of the trials started before it
             plan, parent = self._plan(study, trial)
         self._plans[trial._trial_id] = plan
@@ -189,17 +189,18 @@ class EvolutionSampler(BaseSampler):
     def _plan(self, study, trial) -> tuple[Plan, object]:
         rng = self._rng(trial.number)
         pool = self._pool(study)
-        if len(pool) < self.warmup:
+        if len(pool) < max(1, self.warmup):
             parents = [None]
         else:
-            parents = [self._tournament(study, pool, rng) for _ in range(3)]  # a parent with no new child: next
+            parents = [self._tournament(study, pool, rng) for _ in range(3)]
         if self.propose is None:
             parent = parents[0]
             return Plan(rng, parent, self._pick_mutated(parent, rng)), parent
         seen = self._seen(study)
         fallback = None
         for attempt in range(self.attempts):
-            parent = parents[attempt * len(parents) // self.attempts]
+            # mutations of a few tournament winners first; when all of those were seen, fresh random points
+            parent = parents[attempt % len(parents)] if attempt < self.attempts // 2 else None
             plan = Plan(rng, parent, self._pick_mutated(parent, rng))
             result = self.propose(plan.choose)
             if result is None:

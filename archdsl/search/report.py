@@ -87,6 +87,7 @@ def write_report(study, out: Path, data=None, program=None) -> dict:
         summary["hypervolume"] = history[-1] if history else 0.0
         summary["hypervolume_reference"] = ref.tolist()
         _plots(study, out, names, history)
+        _time_plot(study, out, ref)
     (out / "pareto.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -166,3 +167,13 @@ def _plots(study, out: Path, names, history) -> None:
     fig.tight_layout()
     fig.savefig(out / "hypervolume.png", dpi=120)
     plt.close(fig)
+
+
+def _time_plot(study, out: Path, ref) -> None:
+    """hypervolume_time.png: the hypervolume of the trials completed by each moment of the search."""
+    from archdsl.search.hvtime import curve, plot
+
+    times, hvs = curve(study, ref)
+    if len(times):
+        plot({study.study_name: [(times, hvs)]}, out / "hypervolume_time.png", horizon=float(times[-1]) * 1.02,
+             title=f"{study.study_name}: hypervolume against wall-clock time")
