@@ -21,6 +21,7 @@ from torch import nn
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 
 REFERENCE_INPUT = (1, 40)
+SETTLE = 2  # untimed pairs before each timed one in a round-robin: 2 brought the ratios back to a lone run's
 
 
 def reference_module() -> nn.Module:
@@ -69,7 +70,8 @@ def measure_together(modules: dict, batch: int = 1, device: str = "cpu", precisi
                      runs: int = 30, warmup: int = 5, n_threads: int | None = 1, max_seconds: float = 5.0,
                      reference: nn.Module | None = None) -> dict:
     """{key: {"ms", "reference_ms", "ratio"}} for `modules` = {key: (module, input_shape)}, each forward
-    paired with one of the reference workload, round-robin over the modules. Stops early after `max_seconds`
+    paired with one of the reference workload, round-robin over the modules (each timed pair after SETTLE
+    untimed ones: timed right after the other networks, a network ran up to twice as slow). Stops early after `max_seconds`
     of timed runs (5 rounds at least)."""
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
@@ -80,6 +82,8 @@ def measure_together(modules: dict, batch: int = 1, device: str = "cpu", precisi
     with threads(n_threads):
         for i in range(warmup + runs):
             for k, run in runners.items():
+                for _ in range(SETTLE if len(runners) > 1 else 0):  # the other networks ran since: warm up again
+                    ref(), run()
                 r, t = ref(), run()
                 if i >= warmup:
                     times[k][0].append(t)

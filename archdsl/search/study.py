@@ -190,6 +190,7 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         study.set_user_attr("dataset_args", list(spec.dataset_args))
         if spec.objective("latency") is not None:  # the unit of the latency objective (archdsl.search.latency)
             args = latency_args(spec)
+            study.set_user_attr("latency_args", args)
             study.set_user_attr("latency_reference_ms", round(calibrate(args["batch"], args["device"],
                                                                         args["threads"]), 5))
     return study
