@@ -297,7 +297,7 @@ def cmd_search(args) -> int:
         study, spec, data, seconds = run_search(
             program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
             storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
-            fixed=_overrides(program, args.set), progress=not args.quiet,
+            fixed=_overrides(program, args.set), progress=not args.quiet, threads=args.threads,
             settings={"model": args.model} if args.model else None)
     except RunEnded as e:  # interrupted, or nothing completed: still report what there is
         ended = e
@@ -318,6 +318,8 @@ def _print_front(summary: dict, out: Path, seconds: float | None = None) -> None
     for m in summary["pareto"]:
         objs = ", ".join(f"{k} = {v:.4g}" for k, v in m["objectives"].items())
         test = f", test accuracy {m['test_accuracy']:.4f}" if m.get("test_accuracy") is not None else ""
+        if m.get("latency_final_ms") is not None:  # the front timed again, together (archdsl.search.report)
+            test += f", latency re-measured {m['latency_final_ms']:.4g} ms"
         print(f"  trial {m['number']}: {objs}, params {m.get('params', 0):,}{test} -> {m.get('arch', '-')}")
     if "hypervolume" in summary:
         print(f"hypervolume {summary['hypervolume']:.4g} (reference {summary['hypervolume_reference']})")
@@ -466,7 +468,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--jobs", type=_count(1), default=1, help="trials run in parallel by this process")
     c.add_argument("--storage", help="an Optuna storage URL, e.g. postgresql://user@host/db (default: OUT/study.db)")
     c.add_argument("--study", help="study name (default: the search section's name)")
-    c.add_argument("--sampler", choices=["nsga2", "tpe", "random", "grid"], help="default: nsga2 (several objectives) or tpe")
+    c.add_argument("--sampler", choices=["evolution", "nsga2", "tpe", "random", "grid"],
+                   help="default: evolution (aging evolution over one choice at a time, duplicates avoided)")
+    c.add_argument("--threads", type=_count(1), help="training threads per job (default: OMP_NUM_THREADS, else 1)")
     c.add_argument("--seed", type=int, default=None, help="sampler seed (default: the file's `seed =`, else 0)")
     c.add_argument("--out", default="runs/search", help="output folder: pareto.json, plots, .arch and modules")
     c.add_argument("--objective", action="append", default=[], metavar="ITEM",

@@ -1,59 +1,81 @@
-"""Early stopping for multi-objective searches, where Optuna's pruners do not apply.
+"""Early stopping for multi-objective searches (Optuna's pruners rank one value): successive halving over epochs.
 
-Checks happen at three rungs, after a quarter, half and three quarters of the epochs (as in successive
-halving; checking every epoch would compound into stopping almost everything). At a rung a trial stops when
-1. its validation accuracy is below the 25th percentile of its *peers'* accuracy at that epoch (five peers at
-   least, stopped ones counted with the epochs they ran), or
-2. it cannot reach the current Pareto front: a completed peer was already more accurate at this epoch
-   (from the second rung on; a heuristic, since a later epoch could still overtake).
-A peer is an earlier trial at least as good on every objective known before training (latency, params,
-MACs, memory): a fast, small trial is only compared with trials as fast and small, so the cheap end of the
-front is not stopped for being less accurate than expensive networks.
+Rungs sit where successive halving with a factor ETA = 3 puts them: after epochs / 9 and epochs / 3 (rounded;
+the first after 2 epochs at least), so many architectures get a few epochs and the best go on. At a rung, a
+trial stops when
+1. a completed trial, no worse on every cost known before training (latency, params, MACs, memory: the
+   minimised objectives), was more accurate at this epoch: it will most likely be dominated by that trial, or
+2. it is not in the best 1 / ETA of the trials that reached this rung, ranked by non-dominated sorting on
+   (accuracy at this epoch, costs) (six trials at the rung at least). A fast, small trial is ranked against
+   accuracy *and* cost, so the cheap end of the front is not stopped for being less accurate than big networks.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import optuna
 
-PERCENTILE = 25.0
-MIN_PEERS = 5
+from archdsl.search.evolution import nondominated_ranks
+
+ETA = 3
+MIN_AT_RUNG = 2 * ETA
 
 
-def _curve(t) -> list:
-    return t.user_attrs.get("val_curve") or []
+@dataclass
+class Peer:
+    """What the rung rule needs of another trial."""
+    number: int
+    complete: bool
+    curve: list  # validation accuracy after each epoch
+    costs: tuple  # the minimised objectives known before training
 
 
 def rungs(epochs: int) -> list[int]:
     """The epochs (0-based) at which trials are checked."""
-    return sorted({max(1, epochs // 4) - 1, max(2, epochs // 2) - 1, max(3, 3 * epochs // 4) - 1} - {epochs - 1})
+    points = {max(2, round(epochs / ETA ** 2)) - 1, max(2, round(epochs / ETA)) - 1}
+    return sorted(p for p in points if p < epochs - 1)
 
 
-def _cost_keys(spec) -> list[str]:
+def cost_keys(spec) -> list[str]:
     return [("latency_ms" if o.metric == "latency" else o.metric) for o in spec.objectives
             if o.metric != "accuracy" and o.direction == "minimize"]
 
 
+def decide(epoch: int, acc: float, costs: tuple, peers: list[Peer]) -> str | None:
+    """Why a trial with accuracy `acc` at `epoch` and `costs` should stop at this rung, or None to go on."""
+    at_rung = [p for p in peers if len(p.curve) > epoch]
+    for p in at_rung:
+        if p.complete and all(a <= b for a, b in zip(p.costs, costs)) and p.curve[epoch] > acc:
+            return (f"epoch {epoch + 1}: trial {p.number} is no slower/larger and was already more accurate "
+                    f"({p.curve[epoch]:.3f} > {acc:.3f})")
+    if len(at_rung) + 1 < MIN_AT_RUNG:
+        return None
+    losses = np.array([(-acc, *costs)] + [(-p.curve[epoch], *p.costs) for p in at_rung], dtype=float)
+    ranks = nondominated_ranks(losses)
+    ahead = int(np.sum(ranks < ranks[0]))
+    keep = math.ceil(len(losses) / ETA)
+    if ahead >= keep:
+        return (f"epoch {epoch + 1}: {ahead} of {len(losses)} trials at this rung rank ahead on (accuracy, cost); "
+                f"the best {keep} go on")
+    return None
+
+
 def should_stop(trial, epoch: int, acc: float, spec) -> bool:
     epochs = int((spec.objective("accuracy").args if spec.objective("accuracy") else {}).get("epochs", 10))
-    points = rungs(epochs)
-    if epoch not in points:
+    if epoch not in rungs(epochs):
         return False
-    keys = _cost_keys(spec)
+    keys = cost_keys(spec)
     mine = trial.user_attrs
+    if not all(k in mine for k in keys):
+        return False
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    peers = [t for t in trial.study.get_trials(deepcopy=False, states=states)
-             if len(_curve(t)) > epoch and "duplicate_of" not in t.user_attrs
-             and all(k in mine and k in t.user_attrs and t.user_attrs[k] <= mine[k] for k in keys)]
-    if len(peers) >= MIN_PEERS:
-        floor = float(np.percentile([_curve(t)[epoch] for t in peers], PERCENTILE))
-        if acc < floor:
-            trial.set_user_attr("pruned_because", f"epoch {epoch}: val accuracy {acc:.3f} < p{PERCENTILE:g} {floor:.3f} "
-                                                  f"of {len(peers)} trials at least as fast and small")
-            return True
-    if epoch != points[0]:
-        for t in peers:
-            if t.state == optuna.trial.TrialState.COMPLETE and _curve(t)[epoch] > acc:
-                trial.set_user_attr("pruned_because", f"epoch {epoch}: trial {t.number} is no slower/larger and was "
-                                                      f"already more accurate ({_curve(t)[epoch]:.3f} > {acc:.3f})")
-                return True
-    return False
+    peers = [Peer(t.number, t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("val_curve") or [],
+                  tuple(t.user_attrs[k] for k in keys))
+             for t in trial.study.get_trials(deepcopy=False, states=states)
+             if "duplicate_of" not in t.user_attrs and all(k in t.user_attrs for k in keys)]
+    reason = decide(epoch, acc, tuple(mine[k] for k in keys), peers)
+    if reason:
+        trial.set_user_attr("pruned_because", reason)
+    return reason is not None

@@ -91,6 +91,7 @@ def _write(study, out: Path, data, study_dir) -> dict:
     pareto_dir.mkdir()
     for t in front(study):
         members.append(_member(t, names, pareto_dir, data, study_dir))
+    _remeasure(study, members)
     ref = default_reference(study) if len(study.directions) > 1 else None
     trials = study.get_trials(deepcopy=False)
     summary = {
@@ -104,6 +105,7 @@ def _write(study, out: Path, data, study_dir) -> dict:
         summary["hypervolume"] = history[-1] if history else 0.0
         summary["hypervolume_reference"] = ref.tolist()
         _plots(study, out, names, history)
+        _time_plot(study, out, ref)
     tmp = out / ".pareto.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "pareto.json")  # never half a file, even when the disk fills up
@@ -202,3 +204,39 @@ def _plots(study, out: Path, names, history) -> None:
     fig.tight_layout()
     fig.savefig(out / "hypervolume.png", dpi=120)
     plt.close(fig)
+
+
+def _time_plot(study, out: Path, ref) -> None:
+    """hypervolume_time.png: the hypervolume of the trials completed by each moment of the search."""
+    from archdsl.search.hvtime import curve, plot
+
+    times, hvs = curve(study, ref)
+    if len(times):
+        plot({study.study_name: [(times, hvs)]}, out / "hypervolume_time.png", horizon=float(times[-1]) * 1.02,
+             title=f"{study.study_name}: hypervolume against wall-clock time")
+
+
+def _remeasure(study, members: list) -> None:
+    """Time the Pareto members again, together and round-robin with the reference workload, so the latencies
+    reported were taken in one window (during the search each was timed at its own moment):
+    latency_final_ms (in the study's reference ms, as the objective), latency_final_raw_ms."""
+    unit = study.user_attrs.get("latency_reference_ms")
+    args = study.user_attrs.get("latency_args")
+    if unit is None or args is None:
+        return
+    from archdsl.search.latency import measure_together
+    from archdsl.search.trial import _deploy
+
+    modules = {}
+    for m in members:
+        if m.get("exact_resolution"):
+            G = archdsl.build(archdsl.parse(m["arch"]))
+            modules[m["number"]] = (_deploy(G, archdsl.compile(G)), G.nodes[G.graph["input"]]["shape"])
+    if not modules:
+        return
+    timing = measure_together(modules, batch=args["batch"], device=args["device"], precision=args["precision"],
+                              n_threads=args["threads"], runs=args["runs"])
+    for m in members:
+        if m["number"] in timing:
+            m["latency_final_ms"] = round(timing[m["number"]]["ratio"] * unit, 4)
+            m["latency_final_raw_ms"] = round(timing[m["number"]]["ms"], 4)

@@ -16,7 +16,7 @@ from archdsl.frontend import ast as A
 
 METRICS = {  # name -> (default direction, allowed arguments)
     "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay"}),
-    "latency": ("minimize", {"batch", "device", "precision", "runs"}),
+    "latency": ("minimize", {"batch", "device", "precision", "runs", "threads"}),
     "params": ("minimize", set()),
     "macs": ("minimize", set()),
     "size": ("minimize", set()),  # bytes of the weights, each at its node's precision (mixed-precision search)
@@ -66,11 +66,12 @@ ARG_RULES = {
     "accuracy": {"epochs": Arg(int, 1, 100_000), "batch": Arg(int, 1, 1 << 20), "lr": Arg(NUMBER, 0, 10, low_open=True),
                  "weight_decay": Arg(NUMBER, 0, 10)},
     "latency": {"batch": Arg(int, 1, 1 << 16), "device": Arg(str, choices=("cpu", "cuda")),
-                "precision": Arg(str, choices=("fp32", "bf16", "fp16")), "runs": Arg(int, 1, 100_000)},
+                "precision": Arg(str, choices=("fp32", "bf16", "fp16")), "runs": Arg(int, 1, 100_000),
+                "threads": Arg(int, 1, 1024)},
     "memory": {"batch": Arg(int, 1, 1 << 20)},
 }
 SETTING_RULES = {"trials": Arg(int, 1), "timeout": Arg(NUMBER, 0, low_open=True), "jobs": Arg(int, 1),
-                 "val_fraction": Arg(NUMBER, 0, 1, low_open=True), "sampler": Arg(str, choices=("nsga2", "tpe", "random", "grid"))}
+                 "val_fraction": Arg(NUMBER, 0, 1, low_open=True), "sampler": Arg(str, choices=("evolution", "nsga2", "tpe", "random", "grid"))}
 
 
 @dataclass

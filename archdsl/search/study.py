@@ -25,10 +25,12 @@ from archdsl.search.data import load
 from archdsl.search.interrupt import Interrupts, StopAt, done, requeue_interrupted, retries_waiting, \
     why_none_completed
 from archdsl.search.outdir import prepare, write_errors
+from archdsl.search.latency import calibrate
+from archdsl.search.proposal import ArchProposer
 from archdsl.search.spec import load_spec
 from archdsl.search.storage import check_sqlite, lock_for, sqlite_file
 from archdsl.search.train import TrialFailed
-from archdsl.search.trial import TrialRunner
+from archdsl.search.trial import TrialRunner, latency_args
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -53,6 +55,17 @@ def heartbeat_timing() -> tuple[int, int]:
         raise ArchError(f"ARCHDSL_HEARTBEAT_INTERVAL={interval} must be below ARCHDSL_HEARTBEAT_GRACE={grace}",
                         hint="a live trial would otherwise be taken for a dead one")
     return interval, grace
+
+
+def search_threads(threads: int | None) -> int:
+    """Intra-op threads for training: --threads, else OMP_NUM_THREADS, else 1. One per job by default: on a
+    shared machine, threads that wait for each other's cores made a training step 25x slower (issue 12)."""
+    if threads is None:
+        text = os.environ.get("OMP_NUM_THREADS", "").strip()
+        threads = int(text) if text.isdigit() else 1
+    if threads < 1:
+        raise ArchError(f"--threads {threads}: give 1 thread at least")
+    return threads
 
 
 def make_storage(url: str | None, out: Path):
@@ -101,8 +114,17 @@ def _rdb_storage(url: str, attempts: int = 6, **kwargs):
                             hint="check the --storage URL and that the database server is running") from None
 
 
-def make_sampler(name: str, n_objectives: int, seed: int | None, space_grid: dict | None = None):
-    name = name or ("nsga2" if n_objectives > 1 else "tpe")
+SAMPLERS = ("evolution", "nsga2", "tpe", "random", "grid")
+DEFAULT_SAMPLER = "evolution"  # beat random and Optuna's samplers on equal wall-clock: BENCHMARKS.md section 1
+
+
+def make_sampler(name: str, n_objectives: int, seed: int | None, space_grid: dict | None = None, propose=None):
+    """`propose` (evolution only): checks a candidate before it becomes a trial (archdsl.search.proposal)."""
+    name = name or DEFAULT_SAMPLER
+    if name == "evolution":
+        from archdsl.search.evolution import EvolutionSampler
+
+        return EvolutionSampler(seed=seed, propose=propose)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=12)
     if name == "tpe":
@@ -113,7 +135,7 @@ def make_sampler(name: str, n_objectives: int, seed: int | None, space_grid: dic
         if not space_grid:
             raise ArchError("--sampler grid needs a space made of choices only (int/float ranges have no grid)")
         return optuna.samplers.GridSampler(space_grid, seed=seed)
-    raise ArchError(f"unknown sampler '{name}'", hint="use nsga2, tpe, random or grid")
+    raise ArchError(f"unknown sampler '{name}'", hint=f"use {', '.join(SAMPLERS)}")
 
 
 def _grid(program, spec, fixed):
@@ -155,17 +177,18 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = sampler or spec.settings.get("sampler")
     grid = _grid(program, spec, fixed) if name == "grid" else None  # --sampler grid or `sampler = grid`
+    propose = ArchProposer(program, spec, fixed)
     with lock_for(sqlite_file(storage_url, out)):  # processes starting together on one SQLite file take turns
         storage = make_storage(storage_url, out)
         study = optuna.create_study(
             study_name=study_name or spec.name, storage=storage, directions=directions, load_if_exists=True,
-            sampler=make_sampler(name, len(directions), seed, grid),
+            sampler=make_sampler(name, len(directions), seed, grid, propose),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
         starts = study.user_attrs.get("starts", 0)
         study.set_user_attr("starts", starts + 1)
     offset = _seed_offset(study, storage_url, starts)
     if seed is not None and offset:
-        study.sampler = make_sampler(name, len(directions), (seed + offset) % 2**31, grid)
+        study.sampler = make_sampler(name, len(directions), (seed + offset) % 2**31, grid, propose)
     saved = study.user_attrs.get("objectives")
     names = [f"{o.direction} {o.metric}" for o in spec.objectives]
     if saved is not None and saved != names:
@@ -179,6 +202,11 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         study.set_user_attr("file", program.file)
         study.set_user_attr("dataset", spec.dataset)
         study.set_user_attr("dataset_args", list(spec.dataset_args))
+        if spec.objective("latency") is not None:  # the unit of the latency objective (archdsl.search.latency)
+            args = latency_args(spec)
+            study.set_user_attr("latency_args", args)
+            study.set_user_attr("latency_reference_ms", round(calibrate(args["batch"], args["device"],
+                                                                        args["threads"]), 5))
     return study
 
 
@@ -204,7 +232,8 @@ class RunEnded(Exception):
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
                jobs: int = 1, storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
                seed: int | None = 0, out: Path = Path("runs/search"), fixed: dict | None = None,
-               progress: bool = True, settings: dict | None = None):
+               progress: bool = True, settings: dict | None = None,
+               threads: int | None = None):
     """Run (or resume) the search; returns (study, spec, data, seconds). Raises RunEnded when interrupted
     or when every trial of this run failed or was infeasible."""
     spec = load_spec(program, search, settings)
@@ -216,7 +245,7 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     out = prepare(out)
     data = load(spec.dataset, spec.dataset_args, spec.span, float(spec.settings.get("val_fraction", 0.2)))
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    torch.set_num_threads(search_threads(threads))
     runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" in Optuna

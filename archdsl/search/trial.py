@@ -24,7 +24,7 @@ from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
 from archdsl.search.interrupt import Interrupts
-from archdsl.search.latency import measure
+from archdsl.search.latency import measure_paired
 from archdsl.search.pruning import should_stop
 from archdsl.search.proxies import PROXIES
 from archdsl.search.resolved import resolved_source
@@ -32,7 +32,8 @@ from archdsl.search.spec import constraint_names as _names
 from archdsl.search.space import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
 
-METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "accuracy", "synflow", "naswot", "jacob_cov", "grad_norm")
+METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "latency_raw_ms", "latency_ratio", "accuracy",
+                "synflow", "naswot", "jacob_cov", "grad_norm")
 
 
 class Infeasible(Exception):
@@ -58,6 +59,27 @@ def activation_bytes(G, batch: int = 1, bytes_per_elem: int = 4) -> int:
         for m in dying.get(i, []):
             live -= sizes[m]
     return peak
+
+
+def static_metrics(G) -> dict:
+    """What an architecture costs, known before any training or timing."""
+    info = summary(G)
+    return {"params": info["params"], "macs": info["macs"], "size": size_bytes(G), "memory": activation_bytes(G)}
+
+
+def violated(program, spec, metrics: dict) -> str | None:
+    """The first constraint the metrics break (constraints on metrics not measured yet are skipped)."""
+    env = dict(metrics)
+    if "latency_ms" in env:
+        env["latency"] = env["latency_ms"]
+    for c in spec.constraints:
+        if not _names(c) <= set(env):
+            continue  # not measured yet: checked again later
+        ok = Elaborator(program, DefaultResolver()).eval(c, Frame(vars=dict(CONSTANTS, **env)), Ctx(refs={}))
+        if not ok:
+            shown = ", ".join(f"{k}={_fmt(env[k])}" for k in sorted(_names(c)))
+            return f"constraint at {c.span} not met ({shown})"
+    return None
 
 
 class TrialRunner:
@@ -94,9 +116,8 @@ class TrialRunner:
             self._check_input(G)
         except ArchError as e:
             return self._infeasible(trial, e.format())
-        info = summary(G)
         h = ir_hash(G)
-        metrics = {"params": info["params"], "macs": info["macs"], "size": size_bytes(G), "memory": activation_bytes(G)}
+        metrics = static_metrics(G)
         trial.set_user_attr("ir_hash", h)
         trial.set_user_attr("arch", resolved_source(self.program, resolver, G))
         for k, v in metrics.items():
@@ -115,8 +136,10 @@ class TrialRunner:
         torch.manual_seed(seed)
         module = archdsl.compile(G)
         if self._needs("latency"):
-            metrics["latency_ms"] = self._latency(G, module, earlier)
-            trial.set_user_attr("latency_ms", metrics["latency_ms"])
+            timing = self._latency(trial, G, module, earlier)
+            for k, v in timing.items():
+                trial.set_user_attr(k, v)
+            metrics["latency_ms"] = timing["latency_ms"]
             reason = self._violated(metrics)
             if reason:
                 return self._infeasible(trial, reason)
@@ -160,17 +183,7 @@ class TrialRunner:
                    for c in self.spec.constraints)
 
     def _violated(self, metrics: dict) -> str | None:
-        env = dict(metrics)
-        if "latency_ms" in env:
-            env["latency"] = env["latency_ms"]
-        for c in self.spec.constraints:
-            if not _names(c) <= set(env):
-                continue  # not measured yet: checked again later
-            ok = Elaborator(self.program, DefaultResolver()).eval(c, Frame(vars=dict(CONSTANTS, **env)), Ctx(refs={}))
-            if not ok:
-                shown = ", ".join(f"{k}={_fmt(env[k])}" for k in sorted(_names(c)))
-                return f"constraint at {c.span} not met ({shown})"
-        return None
+        return violated(self.program, self.spec, metrics)
 
     def _earlier(self, study, h: str):
         """A finished trial of the same architecture (complete first), if any."""
@@ -184,15 +197,18 @@ class TrialRunner:
                 best = t
         return best
 
-    def _latency(self, G, module, earlier) -> float:
+    def _latency(self, trial, G, module, earlier) -> dict:
+        """latency_ms (the objective: the ratio to the reference workload, in the study's reference ms),
+        latency_raw_ms, latency_ratio; an earlier trial's when it timed the same architecture."""
         if earlier is not None and "latency_ms" in earlier.user_attrs:
-            return earlier.user_attrs["latency_ms"]
-        o = self.spec.objective("latency")
-        args = o.args if o else {}
-        deploy = _deploy(G, module)
-        return round(measure(deploy, G.nodes[G.graph["input"]]["shape"], batch=int(args.get("batch", 1)),
-                             device=str(args.get("device", "cpu")), precision=str(args.get("precision", "fp32")),
-                             runs=int(args.get("runs", 30))), 4)
+            return {k: earlier.user_attrs[k] for k in LATENCY_ATTRS if k in earlier.user_attrs}
+        args = latency_args(self.spec)
+        timing = measure_paired(_deploy(G, module), G.nodes[G.graph["input"]]["shape"], batch=args["batch"],
+                                device=args["device"], precision=args["precision"], runs=args["runs"],
+                                n_threads=args["threads"])
+        unit = trial.study.user_attrs.get("latency_reference_ms") or timing["reference_ms"]
+        return {"latency_ms": round(timing["ratio"] * unit, 4), "latency_raw_ms": round(timing["ms"], 4),
+                "latency_ratio": round(timing["ratio"], 4)}
 
     def _train(self, trial, module, seed) -> float:
         o = self.spec.objective("accuracy")
@@ -229,6 +245,18 @@ class TrialRunner:
         torch.save(module.state_dict(), tmp)
         os.replace(tmp, path)
         trial.set_user_attr("weights", str(path.relative_to(self.out)))  # relative: the folder may move
+
+
+LATENCY_ATTRS = ("latency_ms", "latency_raw_ms", "latency_ratio")
+
+
+def latency_args(spec) -> dict:
+    """The deployment the latency(...) objective declares: batch, device, precision, threads, runs."""
+    o = spec.objective("latency")
+    args = o.args if o else {}
+    return {"batch": int(args.get("batch", 1)), "device": str(args.get("device", "cpu")),
+            "precision": str(args.get("precision", "fp32")), "threads": int(args.get("threads", 1)),
+            "runs": int(args.get("runs", 30))}
 
 
 def _deploy(G, module):

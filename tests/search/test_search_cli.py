@@ -142,7 +142,7 @@ def test_set_pins_a_dimension_and_a_plain_parameter(tmp_path):
         assert ir_hash(archdsl.build(archdsl.parse(text, file="<arch>"))) == t.user_attrs["ir_hash"]
 
 
-@pytest.mark.parametrize("sampler", ["grid", "tpe", "nsga2"])
+@pytest.mark.parametrize("sampler", ["grid", "tpe", "nsga2", "evolution"])
 def test_samplers(tmp_path, sampler):
     arch = write_arch(tmp_path, """
         model net(width = choice(4, 8), act = choice(relu, gelu),
@@ -164,8 +164,8 @@ def test_samplers(tmp_path, sampler):
     assert len(study.trials) == 8 and all(t.state == S.COMPLETE for t in study.trials)
     # two block literals read the same ("{...}"): both are still reachable
     assert study.trials[0].distributions["body"].choices == ("{...} #1", "{...} #2")
-    if sampler == "grid":  # 2 x 2 x 2 points, each once
+    if sampler in ("grid", "evolution"):  # 2 x 2 x 2 points, each once (evolution redraws seen architectures)
         assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 8
     bodies = {t.user_attrs["arch"].split("body = ")[1].split("}")[0] for t in study.trials}
-    if sampler in ("grid", "nsga2"):
+    if sampler in ("grid", "nsga2", "evolution"):
         assert bodies == {"{ conv(8, k = 3) >> relu ", "{ conv(8, k = 1) >> gelu "}

@@ -203,7 +203,7 @@ search wide over digits {
 """
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "evolution"])
 def test_more_trials_resume_the_same_study_without_replaying_it(tmp_path, sampler):
     arch = write_arch(tmp_path, WIDE)
     out = tmp_path / "out"
@@ -217,7 +217,7 @@ def test_more_trials_resume_the_same_study_without_replaying_it(tmp_path, sample
     first = [t.params for t in study.trials[:4]]
     resumed = [t.params for t in study.trials[4:]]
     assert resumed != first
-    assert sum("duplicate_of" in t.user_attrs for t in study.trials[4:]) < 4
+    assert sum("duplicate_of" in t.user_attrs for t in study.trials[4:]) < (1 if sampler == "evolution" else 4)
     if sampler == "random":  # and a fresh study with the same seed is the same study
         again = search(arch, tmp_path / "again", sampler=sampler)
         assert [t.params for t in again.trials] == first
