@@ -250,7 +250,8 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     seconds = time.perf_counter() - t0
     if interrupted or runner.interrupts.requested:
         retried = requeue_interrupted(study)
-        again = f"; trial {', '.join(map(str, retried))} runs again" if retried else ""
+        again = (f"; trial{'s' * (len(retried) > 1)} {', '.join(map(str, retried))} "
+                 f"run{'s' * (len(retried) == 1)} again") if retried else ""
         raise RunEnded(f"interrupted after {done(study)} of {trials} trials{again}: run the same command to resume",
                        study, spec, data, seconds, 130)
     ran = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state in FINISHED]
