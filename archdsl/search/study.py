@@ -96,9 +96,11 @@ def _rdb_storage(url: str, attempts: int = 6, **kwargs):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
-        except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login
-            raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {str(e.orig or e).strip()}",
-                            hint="check the --storage URL and that the database server is running") from None
+        except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login, disk full
+            why = str(e.orig or e).strip()
+            raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {why}",
+                            hint="free some space" if "full" in why else
+                            "check the --storage URL and that the database server is running") from None
 
 
 def make_sampler(name: str, n_objectives: int, seed: int | None, space_grid: dict | None = None):
