@@ -50,19 +50,36 @@ def prepare(out, option: str = "--out") -> Path:
 @contextlib.contextmanager
 def write_errors():
     """OSError (disk full, read-only file system, a folder removed) and a failing database write become a
-    clear ArchError naming the file."""
-    import sqlalchemy.exc
-
+    clear ArchError naming the file. Looked for along the exception's chain: Optuna wraps a failed commit
+    in StorageInternalError, and may replace it with an AssertionError of its own while cleaning up."""
     try:
         yield
-    except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        raise ArchError(f"cannot write{where}: {_why(e)}",
-                        hint="free some space or choose another --out" if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                        else None) from None
-    except sqlalchemy.exc.OperationalError as e:
-        raise ArchError(f"the study database failed: {str(e.orig or e).strip()}",
-                        hint="free some space if the disk is full; the search resumes from what was saved") from None
+    except ArchError:
+        raise
+    except Exception as e:
+        problem = _write_problem(e)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def _write_problem(e: BaseException) -> ArchError | None:
+    import sqlalchemy.exc
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError):
+            where = f" {e.filename}" if e.filename else ""
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            return ArchError(f"cannot write{where}: {_why(e)}",
+                             hint="free some space or choose another --out; the search resumes from what was saved"
+                             if full else None)
+        if isinstance(e, sqlalchemy.exc.OperationalError):
+            return ArchError(f"the study database failed: {str(e.orig or e).strip()}",
+                             hint="free some space if the disk is full; the search resumes from what was saved")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _why(e: OSError) -> str:

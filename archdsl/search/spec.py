@@ -63,8 +63,8 @@ NUMBER = (int, float)
 # Each objective argument's type and range, checked before the study starts (one row per argument; an
 # argument allowed by METRICS without a row here is passed on unchecked).
 ARG_RULES = {
-    "accuracy": {"epochs": Arg(int, 1, 100_000), "batch": Arg(int, 1, 1 << 20), "lr": Arg(NUMBER, 0, 10, low_open=True),
-                 "weight_decay": Arg(NUMBER, 0, 10)},
+    "accuracy": {"epochs": Arg(int, 1, 100_000), "batch": Arg(int, 1, 1 << 20), "lr": Arg(NUMBER, 0, low_open=True),
+                 "weight_decay": Arg(NUMBER, 0)},
     "latency": {"batch": Arg(int, 1, 1 << 16), "device": Arg(str, choices=("cpu", "cuda")),
                 "precision": Arg(str, choices=("fp32", "bf16", "fp16")), "runs": Arg(int, 1, 100_000),
                 "threads": Arg(int, 1, 1024)},

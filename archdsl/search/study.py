@@ -109,9 +109,11 @@ def _rdb_storage(url: str, attempts: int = 6, **kwargs):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
-        except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login
-            raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {str(e.orig or e).strip()}",
-                            hint="check the --storage URL and that the database server is running") from None
+        except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login, disk full
+            why = str(e.orig or e).strip()
+            raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {why}",
+                            hint="free some space" if "full" in why else
+                            "check the --storage URL and that the database server is running") from None
 
 
 SAMPLERS = ("evolution", "nsga2", "tpe", "random", "grid")
@@ -279,7 +281,8 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     seconds = time.perf_counter() - t0
     if interrupted or runner.interrupts.requested:
         retried = requeue_interrupted(study)
-        again = f"; trial {', '.join(map(str, retried))} runs again" if retried else ""
+        again = (f"; trial{'s' * (len(retried) > 1)} {', '.join(map(str, retried))} "
+                 f"run{'s' * (len(retried) == 1)} again") if retried else ""
         raise RunEnded(f"interrupted after {done(study)} of {trials} trials{again}: run the same command to resume",
                        study, spec, data, seconds, 130)
     ran = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state in FINISHED]

@@ -6,6 +6,7 @@ before any training; a trial that breaks (NaN loss, out of memory) is failed wit
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import time
@@ -242,7 +243,11 @@ class TrialRunner:
         path = self.out / "weights" / f"trial{trial.number}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(module.state_dict(), tmp)
+        buffer = io.BytesIO()
+        torch.save(module.state_dict(), buffer)
+        # written by Python, not by torch's writer: a full disk is an OSError (ENOSPC) that ends the search
+        # with a clear message, not a RuntimeError that would fail this trial and every next one
+        tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
         trial.set_user_attr("weights", str(path.relative_to(self.out)))  # relative: the folder may move
 

@@ -154,13 +154,14 @@ def test_damaged_study_db_says_how_to_recover(tmp_path, finished_study, damage):
     _clear(rc, stderr, f"{db} is damaged", "hint: move it away")
 
 
-def _in_mount_namespace(tmp_path, mount: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """Run `archdsl ARGV` with MOUNT (a `mount` command's options and target) set up in a private mount
-    namespace: a read-only or tiny file system without touching the machine's. Skips where that is not
-    allowed (not root, or no unshare)."""
+def _in_mount_namespace(tmp_path, mount: str, argv: list[str], run: str = "") -> subprocess.CompletedProcess:
+    """Run `archdsl ARGV` (or the shell text RUN, with $ARCHDSL for the command) with MOUNT (a `mount`
+    command's options and target) set up in a private mount namespace: a read-only or tiny file system
+    without touching the machine's. Skips where that is not allowed (not root, or no unshare)."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to mount a private file system")
-    script = f"mount {mount} && exec {sys.executable} -m archdsl.cli \"$@\""
+    archdsl = f"{sys.executable} -m archdsl.cli \"$@\""
+    script = f"mount {mount} && " + (run.replace("$ARCHDSL", archdsl) if run else f"exec {archdsl}")
     probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {tmp_path}"],
                            capture_output=True)
     if probe.returncode != 0:
@@ -186,11 +187,14 @@ def test_read_only_out_folder(tmp_path):
 
 
 def test_disk_full_while_searching(tmp_path):
-    """A 100 KB disk (the study database of a few trials takes about 120 KB): a clear error, no traceback."""
-    arch = _space(tmp_path, "maximize accuracy(epochs = 1)\n  trials = 3")
+    """The disk fills up once the first trial is saved: the search stops with a clear error (not a
+    traceback, not every later trial failing one by one)."""
+    arch = _space(tmp_path, "maximize accuracy(epochs = 2)\n  trials = 12")
     out = tmp_path / "small"
     out.mkdir()
-    p = _in_mount_namespace(tmp_path, f"-t tmpfs -o size=100k tmpfs {out}",
-                            ["search", str(arch), "--out", str(out), "--quiet"])
+    fill_up = (f"$ARCHDSL & pid=$!; for i in $(seq 1200); do [ -s {out}/weights/trial0.pt ] && break; sleep 0.1; "
+               f"done; dd if=/dev/zero of={out}/filler bs=4k 2>/dev/null; wait $pid")
+    p = _in_mount_namespace(tmp_path, f"-t tmpfs -o size=4m tmpfs {out}",
+                            ["search", str(arch), "--out", str(out), "--quiet", "--sampler", "random"], run=fill_up)
     _clear(p.returncode, p.stderr)
     assert "No space left on device" in p.stderr or "database or disk is full" in p.stderr, p.stderr

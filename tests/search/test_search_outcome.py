@@ -157,3 +157,14 @@ def test_rejected_weights_file_is_a_clear_error(tmp_path, finished):
     assert not payload.marker.exists()
     with pytest.raises(pickle.UnpicklingError):  # (the file really is a pickle that runs code)
         torch.load(out / "weights" / "trial0.pt", weights_only=True)
+
+
+def test_report_from_a_storage_url_reads_weights_only_from_the_folder_given(tmp_path, finished):
+    out, _ = _copy(finished, tmp_path)
+    url = storage_url(out)
+    rc, _, stderr = cli("report", "s", "--storage", url, "--out", tmp_path / "bare", "--no-test")
+    assert rc == 0, stderr
+    assert not (tmp_path / "bare" / "pareto" / "trial0.pt").exists()  # no folder given: no file read
+    rc, _, stderr = cli("report", "s", "--storage", url, "--weights-from", out, "--out", tmp_path / "rep", "--no-test")
+    assert rc == 0, stderr
+    assert (tmp_path / "rep" / "pareto" / "trial0.pt").read_bytes() == (out / "weights" / "trial0.pt").read_bytes()

@@ -17,6 +17,7 @@ import pytest
 from searchutil import CNN_SPACE, S, cli_process, finish, load_study, write_arch
 
 from archdsl.errors import ArchError
+from archdsl.search.interrupt import counts
 from archdsl.search.study import FINISHED, heartbeat_timing
 
 GRACE = 3
@@ -89,6 +90,7 @@ def test_kill_and_resume(tmp_path):
 
     trials = load_study(out, "resume").get_trials(deepcopy=False)
     assert len([t for t in trials if t.state in FINISHED]) >= 6
+    assert sum(counts(t) for t in trials) == 6  # the killed trial is not one of the 6 asked for
     assert all(t.state in FINISHED for t in trials), [t.state for t in trials]  # nothing RUNNING or WAITING
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     by_number = {t.number: t for t in trials}

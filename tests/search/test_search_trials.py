@@ -8,6 +8,7 @@ import pytest
 from searchutil import S, finished, load_study, precreate, search, write_arch
 
 import archdsl.search.trial as trial_mod
+from archdsl.search.study import RunEnded
 from archdsl.search.train import TrialFailed
 
 INFEASIBLE = """
@@ -66,7 +67,9 @@ def test_wrong_input_shape_for_the_data_set_is_infeasible(tmp_path, count_traini
           trials = 2
         }
     """)
-    study = search(arch, tmp_path / "out")
+    with pytest.raises(RunEnded, match="none of the 2 trials of this run completed: 2x infeasible: ") as e:
+        search(arch, tmp_path / "out")
+    study = e.value.results[0]
     assert [t.state for t in study.trials] == [S.PRUNED, S.PRUNED]
     reason = study.trials[0].user_attrs["infeasible"]
     assert f"{arch}:2:" in reason and "[1, 8, 8]" in reason
@@ -148,8 +151,10 @@ search nan over digits {
 
 def test_nan_loss_fails_the_trial_and_the_study_finishes(tmp_path):
     arch = write_arch(tmp_path, NAN)
-    study = search(arch, tmp_path / "out", sampler="random")
-    trials = finished(study)
+    # every trial fails: the run still goes through all 3, then says why
+    with pytest.raises(RunEnded, match="none of the 3 trials of this run completed: 3x failed: TrialFailed") as e:
+        search(arch, tmp_path / "out", sampler="random")
+    trials = finished(e.value.results[0])
     assert len(trials) == 3
     for t in trials:
         assert t.state == S.FAIL and t.values is None
