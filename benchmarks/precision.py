@@ -1,4 +1,4 @@
-"""Deploy latency and model size at fp32, bf16 and int8, as ratios to fp32 measured in the same run (issue 7).
+"""Deploy latency and model size at fp32, bf16 and int8, as ratios to fp32 measured in the same run.
 
     python benchmarks/precision.py                                    # ConvNeXt-T (224) and the MNIST-1D CNN
     python benchmarks/precision.py --models mnist1d_cnn --batches 1,256 --runs 50
