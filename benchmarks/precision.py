@@ -1,5 +1,5 @@
 """Deploy latency and model size at fp32, bf16 and int8, against fp32 and against torch.ao's own int8, all
-measured in the same run, interleaved (issues 7 and 19).
+measured in the same run, interleaved.
 
     python benchmarks/precision.py --models conv_stack,resnet50,convnext_t,mnist1d_cnn --batches 8 --size 112
     python benchmarks/precision.py --models mnist1d_cnn --batches 1,256 --runs 50

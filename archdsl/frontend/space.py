@@ -1,7 +1,7 @@
 """Search constructs: choice / int / float, and the resolvers that pick their values.
 
 Elaboration asks a resolver for every search construct it meets (define-by-run), by a stable name. The
-DefaultResolver takes the default or a caller's override (``--set k=5``); the search issue plugs an Optuna
+DefaultResolver takes the default or a caller's override (``--set k=5``); archdsl/search plugs an Optuna
 trial into the same interface.
 """
 from __future__ import annotations

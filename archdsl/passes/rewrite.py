@@ -71,13 +71,6 @@ def bypass(G: nx.DiGraph, node: str) -> str:
     return src
 
 
-def set_input(G: nx.DiGraph, node: str, src: str) -> None:
-    """Make a one-input node read `src`."""
-    for old in list(G.predecessors(node)):
-        G.remove_edge(old, node)
-    G.add_edge(src, node, args=(0,))
-
-
 def set_op(G: nx.DiGraph, node: str, op: str, attrs: dict) -> None:
     """Turn a node into ``op(attrs)`` on its current inputs; shape, params and MACs come from the registry."""
     spec = get_op(op)

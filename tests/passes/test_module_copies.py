@@ -78,3 +78,18 @@ def test_deploy_module_pickles_and_deploys_again():
         assert torch.equal(p.eval()(x), d(x))
     assert dump(p.archdsl_ir) == dump(d.archdsl_ir)
     assert dump(p.deploy().archdsl_ir) == dump(d.archdsl_ir)  # nothing left to rewrite
+
+
+def test_an_int8_model_keeps_its_observed_ranges_through_a_pickle():
+    # the int8 observers' ranges are buffers of the Precision wrappers: deploy reads them for the int8 kernels
+    src = "@precision(int8)\nmodel q() { input x[1, 20]\n conv(4, k = 3, stride = 2) >> relu >> flatten >> linear(3) }"
+    m = compile_text(src, dtype=torch.float32)
+    x = example_input(m)
+    m.train()(x)
+    p = _pickled(m.eval())
+    with torch.no_grad():
+        assert torch.equal(p(x), m(x))
+        d = p.deploy(log=lambda msg: None)
+        assert torch.equal(d(x), m.deploy(log=lambda msg: None)(x))
+    ops = {d.archdsl_ir.nodes[n]["op"] for n in d.archdsl_ir}
+    assert {"int8_conv", "int8_linear"} <= ops, ops  # integer kernels: the observed ranges came through
