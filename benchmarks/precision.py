@@ -61,10 +61,17 @@ def torch_ao_peer(module, x_cal):
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+
+    from archdsl.ops.norms import ChannelLayerNorm
+
     plain = as_torch_modules(module.deploy(disable=["group_fusion"], log=lambda msg: None))
+    # LayerNorm over channels: a leaf torch.ao leaves in fp32 (it branches on the input's rank, which FX
+    # cannot trace), as archdsl's int8 deploy does
+    custom = PrepareCustomConfig().set_non_traceable_module_classes([ChannelLayerNorm])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(plain, get_default_qconfig_mapping("x86"), (x_cal,))
+        prepared = prepare_fx(plain, get_default_qconfig_mapping("x86"), (x_cal,), prepare_custom_config=custom)
         with torch.no_grad():
             prepared(x_cal)
         return convert_fx(prepared)

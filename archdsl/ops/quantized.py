@@ -16,7 +16,7 @@ A float input is quantized on entry with the node's input scale and zero point (
 float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
 
 Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
-weights are built on first use and rebuilt when those buffers change. The classes depend on torch alone:
+weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call). The classes depend on torch alone:
 `archdsl compile -o` copies their source.
 """
 from __future__ import annotations
@@ -61,17 +61,23 @@ class _QuantizedOp(nn.Module):
         self.register_buffer("x_zero", torch.tensor(131.0))
         self.register_buffer("y_scale", torch.tensor(0.0529))
         self.register_buffer("y_zero", torch.tensor(117.0))
-        self._cache = (None, None)
+        self._cache = None
 
     def _prepared(self):
-        """(packed weights or None, x_scale, x_zero, y_scale, y_zero) as Python values, rebuilt on change."""
-        tensors = [t for t in self._buffers.values() if t is not None]
-        key = tuple((id(t), t._version) for t in tensors)
-        if self._cache[0] != key:
+        """(packed weights or None, x_scale, x_zero, y_scale, y_zero) as Python values, built on first use and
+        again after load_state_dict or .to() (a per-call check of the buffers costs more than a small conv)."""
+        if self._cache is None:
             packed = self._pack() if "qweight" in self._buffers else None
-            qp = (float(self.x_scale), int(self.x_zero), float(self.y_scale), int(self.y_zero))
-            self._cache = (key, (packed, *qp))
-        return self._cache[1]
+            self._cache = (packed, float(self.x_scale), int(self.x_zero), float(self.y_scale), int(self.y_zero))
+        return self._cache
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def _qweight(self):
         """The int8 weight as a per-channel quantized tensor (qweight * wscale is exactly on its own grid)."""

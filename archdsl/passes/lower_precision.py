@@ -215,7 +215,7 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
         if G.nodes[node]["op"] in ("input", "cast"):
             continue
         need = _dtype(G, node)
-        if need == QUINT8:  # a quantized kernel quantizes a float argument itself
+        if need == QUINT8 or node in handled:  # a quantized kernel reads quint8, and quantizes a float argument
             continue
         for src in dict.fromkeys(inputs(G, node)):
             if _dtype(G, src) != need:
