@@ -92,4 +92,4 @@ def test_an_int8_model_keeps_its_observed_ranges_through_a_pickle():
         d = p.deploy(log=lambda msg: None)
         assert torch.equal(d(x), m.deploy(log=lambda msg: None)(x))
     ops = {d.archdsl_ir.nodes[n]["op"] for n in d.archdsl_ir}
-    assert {"int8_conv", "int8_linear"} <= ops, ops  # integer kernels: the observed ranges came through
+    assert {"qconv", "qlinear"} <= ops, ops  # PyTorch's quantized kernels: the observed ranges came through
