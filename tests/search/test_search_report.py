@@ -146,7 +146,7 @@ def test_pareto_json_lists_each_pareto_architecture_once(searched):
 
 def test_plots_and_hypervolume(searched):
     arch, out, out2, study, summary = searched
-    for name in ("pareto.png", "hypervolume.png"):
+    for name in ("pareto.png", "hypervolume.png", "hypervolume_time.png"):
         data = (out2 / name).read_bytes()
         assert data[:8] == PNG and len(data) > 1000, name
     complete = [t for t in study.trials if t.state == S.COMPLETE]
@@ -154,6 +154,12 @@ def test_plots_and_hypervolume(searched):
     assert ref[0] == 0.0 and ref[1] > max(t.values[1] for t in complete)
     pts = [(-t.values[0], t.values[1]) for t in complete]
     assert summary["hypervolume"] == pytest.approx(hv2d(pts, ref))
+    # against wall-clock: one point per complete trial, in time order, never falling, ending at the total
+    from archdsl.search.hvtime import curve
+
+    times, hvs = curve(study, np.array(ref))
+    assert len(times) == len(complete) and all(np.diff(times) >= 0) and all(np.diff(hvs) >= -1e-12)
+    assert hvs[-1] == pytest.approx(hv2d(pts, ref))
     # the search wrote the same report into its own folder
     own = json.loads((out / "pareto.json").read_text())
     assert [m["number"] for m in own["pareto"]] == [m["number"] for m in summary["pareto"]]
