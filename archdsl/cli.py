@@ -314,7 +314,8 @@ def cmd_report(args) -> int:
     if not args.no_test:
         from archdsl.search.data import load
 
-        data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())))
+        data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())),
+                    kwargs=study.user_attrs.get("dataset_kwargs"))
     summary = write_report(study, Path(args.out), data)
     _print_front(summary, Path(args.out))
     return 0

@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from archdsl.errors import ArchError
-from archdsl.search.data import load
+from archdsl.search.data import check_split, load
 from archdsl.search.spec import load_spec
 from archdsl.search.train import TrialFailed
 from archdsl.search.trial import TrialRunner
@@ -165,33 +165,37 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
         study.set_user_attr("file", program.file)
         study.set_user_attr("dataset", spec.dataset)
         study.set_user_attr("dataset_args", list(spec.dataset_args))
+        study.set_user_attr("dataset_kwargs", dict(spec.dataset_kwargs))
     return study
 
 
-def _check_fixed(program, spec, fixed: dict) -> None:
+def _check_fixed(program, spec, fixed: dict):
     """Build the space's default point with the --set values: unknown names and values outside their
-    choices are reported before the study starts."""
+    choices are reported before the study starts. Returns its graph."""
     import archdsl
     from archdsl.frontend.space import DefaultResolver
 
-    archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
+    return archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
 
 
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
                jobs: int = 1, storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
                seed: int | None = 0, out: Path = Path("runs/search"), fixed: dict | None = None,
-               progress: bool = True, settings: dict | None = None):
+               progress: bool = True, settings: dict | None = None, device: str | None = None):
     spec = load_spec(program, search, settings)
     trials = trials if trials is not None else int(spec.settings.get("trials", 20))
     timeout = timeout if timeout is not None else spec.settings.get("timeout")
     seed = seed if seed is not None else int(spec.settings.get("seed", 0))
     jobs = jobs if jobs and jobs > 1 else int(spec.settings.get("jobs", jobs or 1))
-    _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
-    data = load(spec.dataset, spec.dataset_args, spec.span, float(spec.settings.get("val_fraction", 0.2)))
+    G = _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
+    data = load(spec.dataset, spec.dataset_args, spec.dataset_span, spec.settings.get("val_fraction", 0.2),
+                kwargs=spec.dataset_kwargs)
     out = Path(out)
+    runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0, device=device)
+    runner.check_input(G)  # the model's input against the data set, before the study starts
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})
+    check_split(study, data)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0)
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = max(0, trials - done)
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=FINISHED)]
@@ -201,6 +205,7 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
 
         display = Progress(study, spec, trials, timeout)
         callbacks.append(display.on_trial)
+        runner.on_epoch = display.on_epoch
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
     try:
