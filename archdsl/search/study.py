@@ -181,7 +181,8 @@ def _check_fixed(program, spec, fixed: dict):
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
                jobs: int = 1, storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
                seed: int | None = 0, out: Path = Path("runs/search"), fixed: dict | None = None,
-               progress: bool = True, settings: dict | None = None, device: str | None = None):
+               progress: bool = True, settings: dict | None = None, device: str | None = None,
+               launch: dict | None = None):
     spec = load_spec(program, search, settings)
     trials = trials if trials is not None else int(spec.settings.get("trials", 20))
     timeout = timeout if timeout is not None else spec.settings.get("timeout")
@@ -195,7 +196,11 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     runner.check_input(G)  # the model's input against the data set, before the study starts
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})
     check_split(study, data)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    if launch is not None and "launch" not in study.user_attrs:
+        study.set_user_attr("launch", launch)  # what `archdsl worker` rebuilds the search from (workers.py)
+    # a worker started by `search --devices` gets its share of the cores from its parent (workers.py)
+    torch.set_num_threads(int(os.environ.get("ARCHDSL_WORKER_THREADS", 0))
+                          or max(1, (os.cpu_count() or 1) // max(1, jobs)))
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     remaining = max(0, trials - done)
     callbacks = [optuna.study.MaxTrialsCallback(trials, states=FINISHED)]

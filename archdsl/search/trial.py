@@ -31,6 +31,7 @@ from archdsl.search.resolved import resolved_source
 from archdsl.search.spec import constraint_names as _names
 from archdsl.search.space import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
+from archdsl.search.workers import worker_name
 
 METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "accuracy", "synflow", "naswot", "jacob_cov", "grad_norm")
 
@@ -99,6 +100,7 @@ class TrialRunner:
         h = ir_hash(G)
         metrics = {"params": info["params"], "macs": info["macs"], "size": size_bytes(G), "memory": activation_bytes(G)}
         trial.set_user_attr("ir_hash", h)
+        trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("arch", resolved_source(self.program, resolver, G))
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
