@@ -152,15 +152,16 @@ class ImageSplit(torch.utils.data.Dataset):
         return len(self.files)
 
     def load(self, i: int, g: torch.Generator | None = None) -> torch.Tensor:
+        """Image i, transformed, as CHW uint8 (normalised per batch, in one go)."""
         img = decode(self.files[i])
         img = train_transform(img, self.size, g) if (self.augment and g is not None) else eval_transform(img, self.size)
-        return (to_tensor(img) - self.mean) / self.std
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def __getitem__(self, batch):
         key, idx = batch
         g = torch.Generator().manual_seed(int(key)) if self.augment else None
         rows = [int(i) for i in idx]
-        x = torch.stack([self.load(i, g) for i in rows])
+        x = torch.stack([self.load(i, g) for i in rows]).float().div_(255).sub_(self.mean).div_(self.std)
         return x, torch.from_numpy(self.labels[rows].astype(np.int64))
 
     def tensors(self):

@@ -30,15 +30,16 @@ def _line_of(path: Path, text: str) -> int:
 
 
 # ---------------------------------------------------------------- transforms
-def test_eval_transform_is_a_centre_crop_normalised():
+def test_eval_transform_is_a_centre_crop_normalised(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)  # h=4, w=6: the shorter side is already 4
-    split = images.ImageSplit([], [], 4, False, [0.5, 0.25, 0.0], [0.5, 2.0, 1.0])
-    img = images.eval_transform(Image.fromarray(pixels), 4)
-    got = (images.to_tensor(img) - split.mean) / split.std
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    split = images.ImageSplit([str(tmp_path / "a.png")], [1], 4, False, [0.5, 0.25, 0.0], [0.5, 2.0, 1.0])
+    x, y = split[(0, [0])]
     expected = pixels[:, 1:5, :].astype(np.float64) / 255.0  # columns 1..4 (left = (6 - 4) // 2)
     expected = (expected - [0.5, 0.25, 0.0]) / [0.5, 2.0, 1.0]
-    assert np.allclose(got.numpy(), expected.transpose(2, 0, 1), atol=1e-6)
+    assert x.shape == (1, 3, 4, 4) and y.tolist() == [1]
+    assert np.allclose(x[0].numpy(), expected.transpose(2, 0, 1), atol=1e-6)
 
 
 def test_standard_augmentation_is_a_crop_of_the_padded_image_maybe_flipped():
