@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from archdsl.search.checkpoint import Checkpoint, rng_state, set_rng_state
 from archdsl.search.loaders import loader
@@ -33,10 +34,14 @@ def _autocast(device: str, precision: str):
 
 def evaluate(module: nn.Module, x, y: torch.Tensor | None = None, batch: int = 512, device: str = "cpu",
              precision: str = "fp32", workers: int = 0) -> float:
-    """Accuracy of `module` on tensors (x, y) or on a split (x a batch-indexed Dataset, y None)."""
+    """Accuracy of `module` on tensors (x, y), a split (x a batch-indexed Dataset, y None) or a DataLoader."""
     module.eval()
-    batches = ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)) if y is not None else \
-        loader(x, batch, shuffle=False, workers=workers, pin_memory=device.startswith("cuda"))
+    if y is not None:
+        batches = ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch))
+    elif isinstance(x, DataLoader):
+        batches = x
+    else:
+        batches = loader(x, batch, shuffle=False, workers=workers, pin_memory=device.startswith("cuda"))
     correct, total = 0, 0
     with torch.inference_mode(), _autocast(device, precision):
         for xb, yb in batches:
@@ -73,6 +78,8 @@ def train(module: nn.Module, data, epochs: int | None = None, batch: int | None 
     scaler = torch.amp.GradScaler("cuda", enabled=r.precision == "fp16")
     cuda = device.startswith("cuda")
     train_loader = loader(data.train, r.batch, shuffle=True, seed=seed, workers=r.workers, pin_memory=cuda)
+    # built once: with workers, a loader per epoch would start its worker processes again every epoch
+    val_loader = loader(data.val, max(r.batch, 256), shuffle=False, workers=r.workers, pin_memory=cuda)
     steps = len(train_loader.sampler)
     total, warm = r.epochs * steps, round(r.warmup_epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
@@ -115,8 +122,7 @@ def train(module: nn.Module, data, epochs: int | None = None, batch: int | None 
         if not math.isfinite(mean_loss):
             raise TrialFailed(f"loss became {mean_loss} at epoch {epoch}")
         seconds = time.perf_counter() - t0
-        acc = evaluate(module, data.val, batch=max(r.batch, 256), device=device, precision=r.precision,
-                       workers=r.workers)
+        acc = evaluate(module, val_loader, device=device, precision=r.precision)
         history.append(acc)
         if checkpoint is not None:
             checkpoint.save({"model": module.state_dict(), "optimizer": opt.state_dict(),
