@@ -9,9 +9,9 @@
 - precision: fp32, bf16 or fp16 mixed-precision training (autocast; fp16 with gradient scaling). On the CPU
   fp16 autocast is refused (slow and unsupported by many kernels); bf16 works.
 - workers: data-loading processes (0: load in the training process).
-- optimizer: adamw or sgd (momentum 0.9, Nesterov); lr: the peak learning rate; warmup: epochs of linear
-  warm-up (default a fifth of the epochs) before a cosine decay to zero; label_smoothing in [0, 1); clip: the
-  gradient-norm limit (0: none).
+- optimizer: adamw or sgd (Nesterov momentum); lr: the peak learning rate of the one-cycle policy; warmup:
+  epochs of its rising half (default a fifth of the epochs; see train.one_cycle); label_smoothing in [0, 1);
+  clip: the gradient-norm limit (0: none).
 """
 from __future__ import annotations
 

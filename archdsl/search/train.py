@@ -1,8 +1,9 @@
 """Supervised training of one trial (the accuracy objective): data through torch.utils.data loaders, on the
 recipe's device and precision, with per-epoch validation reports and checkpoints.
 
-The learning rate warms up linearly from lr/25 to lr over `warmup` epochs, then follows a cosine to zero; it
-is a function of the step alone, so a resumed trial needs only the step to continue the schedule.
+The learning rate and momentum follow the one-cycle policy (`one_cycle`: up from lr/25 to lr over `warmup`
+epochs, then down to lr/250000, both halves cosines); they are a function of the step alone, so a resumed trial
+needs only the step to continue the schedule.
 """
 from __future__ import annotations
 
@@ -57,10 +58,20 @@ def _optimizer(module: nn.Module, r: Recipe):
     return torch.optim.AdamW(module.parameters(), lr=r.lr, weight_decay=r.weight_decay)
 
 
-def lr_at(step: int, total: int, warm: int, lr: float) -> float:
-    if step < warm:
-        return lr * (0.04 + 0.96 * step / warm)
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+def _cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+
+def one_cycle(step: int, total: int, warm: float, lr: float) -> tuple[float, float]:
+    """(learning rate, momentum) at `step` of `total` under the one-cycle policy (torch's OneCycleLR with
+    pct_start = warm / total): a cosine from lr/25 up to lr over `warm` steps, then down to lr/250000, while
+    the momentum (Adam's beta1) goes 0.95 -> 0.85 -> 0.95."""
+    end1 = warm - 1
+    if step <= end1:
+        pct = step / end1 if end1 > 0 else 1.0
+        return _cos(lr / 25, lr, pct), _cos(0.95, 0.85, pct)
+    pct = (step - end1) / max(1e-9, total - 1 - end1)
+    return _cos(lr, lr / 25 / 1e4, pct), _cos(0.85, 0.95, pct)
 
 
 def train(module: nn.Module, data, epochs: int | None = None, batch: int | None = None, lr: float | None = None,
@@ -81,7 +92,7 @@ def train(module: nn.Module, data, epochs: int | None = None, batch: int | None 
     # built once: with workers, a loader per epoch would start its worker processes again every epoch
     val_loader = loader(data.val, max(r.batch, 256), shuffle=False, workers=r.workers, pin_memory=cuda)
     steps = len(train_loader.sampler)
-    total, warm = r.epochs * steps, round(r.warmup_epochs * steps)
+    total, warm = r.epochs * steps, r.warmup_epochs * steps
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
     history, start = [], 0
     state = checkpoint.load() if checkpoint is not None else None
@@ -102,8 +113,13 @@ def train(module: nn.Module, data, epochs: int | None = None, batch: int | None 
         module.train()
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
         for i, (x, y) in enumerate(train_loader):
+            lr, momentum = one_cycle(epoch * steps + i, total, warm, r.lr)
             for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps + i, total, warm, r.lr)
+                g["lr"] = lr
+                if "betas" in g:
+                    g["betas"] = (momentum, g["betas"][1])
+                else:
+                    g["momentum"] = momentum
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, r.precision):
                 loss = loss_fn(module(x).float(), y)

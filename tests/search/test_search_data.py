@@ -19,7 +19,7 @@ from searchutil import REPO, cli, load_study, write_arch
 from archdsl.search import images
 from archdsl.search.data import load
 from archdsl.search.loaders import loader
-from archdsl.search.train import lr_at
+from archdsl.search.train import one_cycle
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from make_images import make  # noqa: E402
@@ -74,13 +74,18 @@ def test_augmented_batches_do_not_depend_on_the_number_of_workers(tmp_path):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
 
 
-def test_learning_rate_schedule():
-    # warm-up from lr/25 to lr over 10 steps, then a cosine to 0 over the remaining 90
-    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.04)
-    assert lr_at(5, 100, 10, 1.0) == pytest.approx(0.04 + 0.96 * 0.5)
-    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
-    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
-    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
+@pytest.mark.parametrize("total, warm", [(100, 20.0), (37, 5.0), (50, 50 * 0.3)])
+def test_schedule_is_torchs_one_cycle(total, warm):
+    """The step-wise schedule (resumable from the step alone) matches torch's OneCycleLR, momentum included."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=warm / total)
+    for step in range(total):
+        lr, momentum = one_cycle(step, total, warm, 0.1)
+        assert lr == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-15), step
+        assert momentum == pytest.approx(opt.param_groups[0]["betas"][0], rel=1e-9), step
+        opt.step()
+        ref.step()
 
 
 # ---------------------------------------------------------------- .npz
