@@ -284,3 +284,30 @@ class _Evil:
 
     def __reduce__(self):
         return (Path.touch, (Path(self.path),))
+
+
+def test_image_folder_search_end_to_end(tmp_path):
+    """A search over a generated image folder, loader workers and bf16 autocast on the CPU: trials train,
+    the per-epoch line prints, the report measures test accuracy through the loader."""
+    make(tmp_path / "shapes", 48, size=8, classes=3)
+    arch = write_arch(tmp_path, """
+        model net(w = choice(4, 8)) {
+          input img[3, 8, 8]
+          stem: conv(w, k = 3, padding = 1) >> relu
+          head: gap >> linear(3)
+        }
+        search s over images("shapes", size = 8, augment = standard) {
+          maximize accuracy(epochs = 2, batch = 8, workers = 2, precision = bf16, optimizer = sgd, lr = 0.05,
+                            label_smoothing = 0.1, clip = 1.0)
+          trials = 1
+        }
+    """)
+    rc, stdout, stderr = cli("search", arch, "--out", tmp_path / "out")
+    assert rc == 0, stderr
+    assert re.search(r"trial 0 epoch 2/2  loss [\d.]+  val acc [\d.]+  [\d,]+ samples/s  ETA \d+s", stderr), stderr
+    summary = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    (member,) = summary["pareto"]
+    assert 0 <= member["test_accuracy"] <= 1 and summary["trials"]["complete"] == 1
+    study = load_study(tmp_path / "out", "s")
+    assert study.user_attrs["split"]["train"] + study.user_attrs["split"]["val"] == int(0.8 * 48)
+    assert study.trials[0].user_attrs["epochs_trained"] == 2
