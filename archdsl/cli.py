@@ -289,16 +289,27 @@ def cmd_search(args) -> int:
     from archdsl.search.spec import override_program
     from archdsl.search.study import RunEnded, run_search
 
+    from archdsl.search.workers import device_list, launch_record, run_workers
+
     program = archdsl.parse(Path(args.file))
     override_program(program, args.search, args.objective, args.constraint)
     out = prepare(args.out)  # before Path(): Path("") would be the current folder
+    devices = device_list(args.devices) if args.devices else None
+    kwargs = dict(search=args.search, timeout=args.timeout, storage=args.storage, study_name=args.study,
+                  sampler=args.sampler, seed=args.seed, out=out, fixed=_overrides(program, args.set),
+                  threads=args.threads, settings={"model": args.model} if args.model else None,
+                  launch=launch_record(program, args))
     ended = None
     try:
-        study, spec, data, seconds = run_search(
-            program, search=args.search, trials=args.trials, timeout=args.timeout, jobs=args.jobs,
-            storage=args.storage, study_name=args.study, sampler=args.sampler, seed=args.seed, out=out,
-            fixed=_overrides(program, args.set), progress=not args.quiet, threads=args.threads,
-            settings={"model": args.model} if args.model else None)
+        if devices is None:
+            study, spec, data, seconds = run_search(program, trials=args.trials, jobs=args.jobs,
+                                                    progress=not args.quiet, **kwargs)
+        else:  # one worker process per device: this process creates the study, checks everything, then waits
+            t0 = time.perf_counter()
+            study, spec, data, _ = run_search(program, trials=0, progress=False, **kwargs)
+            storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+            run_workers(storage, study.study_name, out, devices, args.jobs or 1)
+            seconds = time.perf_counter() - t0
     except RunEnded as e:  # interrupted, or nothing completed: still report what there is
         ended = e
         study, spec, data, seconds = e.results
@@ -307,6 +318,40 @@ def cmd_search(args) -> int:
     if ended is not None:
         print(f"{'' if ended.status == 130 else 'error: '}{ended.message}", file=sys.stderr)
         return ended.status
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import optuna
+
+    from archdsl.search.spec import override_program
+    from archdsl.search.study import FINISHED, make_storage, run_search
+    from archdsl.search.workers import device_list, program_from, worker_name
+
+    out = Path(args.out)
+    device = device_list(args.device)[0] if args.device else None
+    storage = make_storage(args.storage, out)
+    try:
+        study = optuna.load_study(study_name=args.study, storage=storage)
+    except KeyError:
+        from archdsl.errors import did_you_mean
+
+        names = optuna.get_all_study_names(storage)
+        raise ArchError(f"no study '{args.study}' in the storage", hint=did_you_mean(args.study, names)
+                        or "start it with `archdsl search FILE --storage URL --study NAME` first") from None
+    launch = study.user_attrs.get("launch")
+    if launch is None:
+        raise ArchError(f"study '{args.study}' does not record its search (it was started by an older archdsl)",
+                        hint="join it with `archdsl search FILE --storage URL --study NAME` instead")
+    program = program_from(launch, out)
+    override_program(program, launch["search"], launch["objective"], launch["constraint"])
+    study, spec, data, seconds = run_search(
+        program, search=launch["search"], trials=args.trials or launch["trials"], storage=args.storage,
+        study_name=args.study, sampler=launch["sampler"], seed=None, out=out,
+        fixed=_overrides(program, launch["set"]), progress=not args.quiet, device=device)
+    new = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.user_attrs.get("worker") == worker_name()]
+    print(f"worker: {len(new)} trials finished in {seconds:.0f}s; study {study.study_name} holds "
+          f"{len(study.get_trials(deepcopy=False, states=FINISHED))} (report: archdsl report NAME --storage URL)")
     return 0
 
 
@@ -362,7 +407,8 @@ def cmd_report(args) -> int:
     if not args.no_test:
         from archdsl.search.data import load
 
-        data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())))
+        data = load(study.user_attrs.get("dataset", "mnist1d"), tuple(study.user_attrs.get("dataset_args", ())),
+                    kwargs=study.user_attrs.get("dataset_kwargs"))
     summary = write_report(study, out, data, study_dir=study_dir)
     _print_front(summary, out)
     return 0
@@ -478,7 +524,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--constraint", action="append", default=[], metavar="EXPR",
                    help="add a constraint, e.g. --constraint 'params < 20k' (repeatable)")
     c.add_argument("--quiet", action="store_true", help="no live progress display")
+    c.add_argument("--devices", metavar="0,1,...", help="one worker process per device (GPU numbers, cuda:N or cpu) "
+                                                        "on one study; --jobs N > devices shares them round robin")
     c.set_defaults(fn=cmd_search)
+
+    c = sub.add_parser("worker", help="join a study started by `archdsl search` (from any machine)")
+    c.add_argument("--storage", required=True, help="the study's Optuna storage URL, e.g. postgresql://user@host/db")
+    c.add_argument("--study", required=True, help="the study name")
+    c.add_argument("--out", default="runs/worker", help="where this worker writes weights and checkpoints")
+    c.add_argument("--device", help="train on this device (cpu, cuda, cuda:N) instead of the search's")
+    c.add_argument("--trials", type=int, help="finished trials the study should reach (default: the search's)")
+    c.add_argument("--quiet", action="store_true", help="no live progress display")
+    c.set_defaults(fn=cmd_worker)
 
     c = sub.add_parser("report", help="write pareto.json, plots, .arch files and modules for a study")
     c.add_argument("study_path", help="a search's --out folder or its study.db (or a study name with --storage)")

@@ -27,6 +27,10 @@ class Progress:
         self.live.update(self.render())
         self.live.stop()
 
+    def on_epoch(self, number: int, stats: dict) -> None:
+        """The per-trial progress line, printed above the study table after each epoch."""
+        self.console.print(epoch_line(number, stats), highlight=False)
+
     def on_trial(self, study, trial):
         self.live.update(self.render())
 
@@ -54,3 +58,8 @@ class Progress:
         for t in sorted(front, key=lambda t: t.values[0])[:12]:
             table.add_row(str(t.number), *[f"{v:.4g}" for v in t.values], f"{t.user_attrs.get('params', 0):,}")
         return table
+
+
+def epoch_line(number: int, s: dict) -> str:
+    return (f"trial {number} epoch {s['epoch']}/{s['epochs']}  loss {s['loss']:.4f}  val acc {s['val_accuracy']:.4f}  "
+            f"{s['images_per_s']:,.0f} samples/s  ETA {s['eta_s']:.0f}s")

@@ -15,7 +15,8 @@ from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
 
 METRICS = {  # name -> (default direction, allowed arguments)
-    "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay"}),
+    "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay", "optimizer", "warmup", "label_smoothing",
+                              "clip", "device", "precision", "workers"}),  # see recipe.py
     "latency": ("minimize", {"batch", "device", "precision", "runs", "threads"}),
     "params": ("minimize", set()),
     "macs": ("minimize", set()),
@@ -95,6 +96,16 @@ class SearchSpec:
     constraints: list  # AST expressions, evaluated against the trial's metrics
     settings: dict
     span: Span | None = None
+    dataset_kwargs: dict = field(default_factory=dict)  # images("folder", size = 32): {"size": 32}
+    dataset_span: Span | None = None
+
+    @property
+    def recipe(self):
+        """How trials train: accuracy(...)'s arguments, checked (recipe.py)."""
+        from archdsl.search.recipe import from_args
+
+        o = self.objective("accuracy")
+        return from_args(o.args if o else {}, o.span if o else None)
 
     def objective(self, metric: str) -> Objective | None:
         return next((o for o in self.objectives if o.metric == metric), None)
@@ -104,8 +115,10 @@ def _const(program, expr):
     from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
     from archdsl.frontend.space import DefaultResolver
     from archdsl.frontend.values import CONSTANTS
+    from archdsl.search.recipe import WORDS
 
-    return Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=dict(CONSTANTS, cpu="cpu", cuda="cuda")),
+    return Elaborator(program, DefaultResolver()).eval(expr, Frame(vars=dict(CONSTANTS, cpu="cpu", cuda="cuda",
+                                                                                      **{w: w for w in WORDS})),
                                                        Ctx(refs={}))
 
 
@@ -129,6 +142,10 @@ def _objective(program, item: A.SearchItem) -> Objective:
             problem = rule.problem(args[k]) if rule else None
             if problem:
                 raise ArchError(f"{name}({k} = ...) {problem}", getattr(v, "span", None) or e.span)
+    if name == "accuracy":
+        from archdsl.search.recipe import from_args
+
+        from_args(args, e.span)  # a bad training argument is an error now, with its line
     return Objective(name, item.kind, args, item.span)
 
 
@@ -173,13 +190,14 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
         if s is None:
             raise ArchError(f"no search '{search}' in {program.file}",
                             hint=did_you_mean(search, [x.name for x in program.searches]))
-    ds_name, ds_args = "mnist1d", ()
+    ds_name, ds_args, ds_kwargs, ds_span = "mnist1d", (), {}, s.span
     if s.dataset is not None:
         if isinstance(s.dataset, A.Name):
-            ds_name = s.dataset.id
+            ds_name, ds_span = s.dataset.id, s.dataset.span
         elif isinstance(s.dataset, A.Call):
-            ds_name = s.dataset.func
+            ds_name, ds_span = s.dataset.func, s.dataset.span
             ds_args = tuple(_const(program, a) for a in s.dataset.args)
+            ds_kwargs = {k: _const(program, v) for k, v in s.dataset.kwargs.items()}
             if ds_name in ("npz", "images") and ds_args and isinstance(ds_args[0], str) \
                     and not program.file.startswith("<"):
                 # a data path is relative to the .arch file, like an import
@@ -225,7 +243,7 @@ def load_spec(program: A.Program, search: str | None = None, overrides: dict | N
     if len(set(names)) != len(names):
         raise ArchError(f"search '{s.name}' lists an objective twice: {', '.join(names)}", s.span)
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return SearchSpec(s.name, ds_name, ds_args, objectives, constraints, settings, s.span)
+    return SearchSpec(s.name, ds_name, ds_args, objectives, constraints, settings, s.span, ds_kwargs, ds_span)
 
 
 def override_program(program: A.Program, search: str | None, objectives: list[str], constraints: list[str]) -> None:

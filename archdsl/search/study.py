@@ -21,7 +21,7 @@ import optuna
 import torch
 
 from archdsl.errors import ArchError
-from archdsl.search.data import load
+from archdsl.search.data import check_split, load
 from archdsl.search.interrupt import Interrupts, StopAt, done, requeue_interrupted, retries_waiting, \
     why_none_completed
 from archdsl.search.outdir import prepare, write_errors
@@ -209,16 +209,17 @@ def open_study(program, spec, out: Path, storage_url: str | None, study_name: st
             study.set_user_attr("latency_args", args)
             study.set_user_attr("latency_reference_ms", round(calibrate(args["batch"], args["device"],
                                                                         args["threads"]), 5))
+        study.set_user_attr("dataset_kwargs", dict(spec.dataset_kwargs))
     return study
 
 
-def _check_fixed(program, spec, fixed: dict) -> None:
+def _check_fixed(program, spec, fixed: dict):
     """Build the space's default point with the --set values: unknown names and values outside their
-    choices are reported before the study starts."""
+    choices are reported before the study starts. Returns its graph."""
     import archdsl
     from archdsl.frontend.space import DefaultResolver
 
-    archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
+    return archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
 
 
 class RunEnded(Exception):
@@ -234,8 +235,8 @@ class RunEnded(Exception):
 def run_search(program, *, search: str | None = None, trials: int | None = None, timeout: float | None = None,
                jobs: int = 1, storage: str | None = None, study_name: str | None = None, sampler: str | None = None,
                seed: int | None = 0, out: Path = Path("runs/search"), fixed: dict | None = None,
-               progress: bool = True, settings: dict | None = None,
-               threads: int | None = None):
+               progress: bool = True, settings: dict | None = None, threads: int | None = None,
+               device: str | None = None, launch: dict | None = None):
     """Run (or resume) the search; returns (study, spec, data, seconds). Raises RunEnded when interrupted
     or when every trial of this run failed or was infeasible."""
     spec = load_spec(program, search, settings)
@@ -243,12 +244,19 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
     timeout = timeout if timeout is not None else spec.settings.get("timeout")
     seed = seed if seed is not None else int(spec.settings.get("seed", 0))
     jobs = jobs if jobs and jobs > 1 else int(spec.settings.get("jobs", jobs or 1))
-    _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
+    G = _check_fixed(program, spec, fixed or {})  # a misspelled --set fails now, not as 60 infeasible trials
     out = prepare(out)
-    data = load(spec.dataset, spec.dataset_args, spec.span, float(spec.settings.get("val_fraction", 0.2)))
+    data = load(spec.dataset, spec.dataset_args, spec.dataset_span, spec.settings.get("val_fraction", 0.2),
+                kwargs=spec.dataset_kwargs)
+    runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0, device=device)
+    runner.check_input(G)  # the model's input against the data set, before the study starts
     study = open_study(program, spec, out, storage, study_name, sampler, seed, fixed or {})
-    torch.set_num_threads(search_threads(threads))
-    runner = TrialRunner(program, spec, data, out, fixed or {}, seed or 0)
+    check_split(study, data)
+    if launch is not None and "launch" not in study.user_attrs:
+        study.set_user_attr("launch", launch)  # what `archdsl worker` rebuilds the search from (workers.py)
+    # a worker started by `search --devices` gets its thread count from its parent (workers.py)
+    inherited = int(os.environ.get("ARCHDSL_WORKER_THREADS", 0)) or None
+    torch.set_num_threads(search_threads(threads if threads is not None else inherited))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental" in Optuna
         optuna.storages.fail_stale_trials(study)  # a trial left RUNNING by a killed run: failed and queued again
@@ -261,6 +269,7 @@ def run_search(program, *, search: str | None = None, trials: int | None = None,
 
         display = Progress(study, spec, trials, timeout)
         callbacks.append(display.on_trial)
+        runner.on_epoch = display.on_epoch
     # Optuna logs each failed trial with its traceback; the reason is kept with the trial (user attr
     # "error" or "interrupted") and summed up at the end, and a traceback reads as a crash
     optuna.logging.set_verbosity(optuna.logging.ERROR)

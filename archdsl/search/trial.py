@@ -24,14 +24,17 @@ from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
+from archdsl.search.checkpoint import Checkpoint
 from archdsl.search.interrupt import Interrupts
 from archdsl.search.latency import measure_paired
 from archdsl.search.pruning import should_stop
 from archdsl.search.proxies import PROXIES
+from archdsl.search.recipe import Recipe, resolve_device
 from archdsl.search.resolved import resolved_source
 from archdsl.search.spec import constraint_names as _names
 from archdsl.search.space import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
+from archdsl.search.workers import worker_name
 
 METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "latency_raw_ms", "latency_ratio", "accuracy",
                 "synflow", "naswot", "jacob_cov", "grad_norm")
@@ -86,7 +89,8 @@ def violated(program, spec, metrics: dict) -> str | None:
 class TrialRunner:
     """The objective function Optuna calls; holds what is shared between trials."""
 
-    def __init__(self, program, spec, data, out: Path, fixed: dict, seed: int = 0):
+    def __init__(self, program, spec, data, out: Path, fixed: dict, seed: int = 0, device: str | None = None,
+                 on_epoch=None):
         self.program = program
         self.spec = spec
         self.data = data
@@ -95,6 +99,11 @@ class TrialRunner:
         self.seed = seed
         self.model = spec.settings.get("model")
         self.interrupts = Interrupts()  # run_search installs its SIGINT handling here
+        o = spec.objective("accuracy")
+        self.recipe = spec.recipe
+        # a GPU that is not there is an error now, before the study starts (not one failed trial per worker)
+        self.device = resolve_device(self.recipe, o.span if o else None, device) if self._needs("accuracy") else "cpu"
+        self.on_epoch = on_epoch  # the per-trial progress line: on_epoch(trial number, stats)
 
     # ----- the objective
     def __call__(self, trial: optuna.Trial):
@@ -114,12 +123,13 @@ class TrialRunner:
         resolver = TrialResolver(trial, self.fixed)
         try:
             G = archdsl.build(self.program, self.model, resolver=resolver)
-            self._check_input(G)
+            self.check_input(G)
         except ArchError as e:
             return self._infeasible(trial, e.format())
         h = ir_hash(G)
         metrics = static_metrics(G)
         trial.set_user_attr("ir_hash", h)
+        trial.set_user_attr("worker", worker_name())
         trial.set_user_attr("arch", resolved_source(self.program, resolver, G))
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
@@ -146,11 +156,11 @@ class TrialRunner:
                 return self._infeasible(trial, reason)
         for name, fn in PROXIES.items():
             if self._needs(name):
-                x, y = self.data.x_train[:64], self.data.y_train[:64]
+                x, y = self.data.head(64)
                 metrics[name] = fn(module, x, y)
                 trial.set_user_attr(name, metrics[name])
         if self._needs("accuracy"):
-            metrics["accuracy"] = self._train(trial, module, seed)
+            metrics["accuracy"] = self._train(trial, module, seed, h)
             trial.set_user_attr("accuracy", metrics["accuracy"])
             reason = self._violated(metrics)
             if reason:
@@ -160,7 +170,7 @@ class TrialRunner:
         return values if len(values) > 1 else values[0]
 
     # ----- steps
-    def _check_input(self, G):
+    def check_input(self, G):
         shape = tuple(G.nodes[G.graph["input"]]["shape"])
         if self._needs("accuracy") or any(self._needs(p) for p in PROXIES):
             if shape != self.data.input_shape:
@@ -211,9 +221,7 @@ class TrialRunner:
         return {"latency_ms": round(timing["ratio"] * unit, 4), "latency_raw_ms": round(timing["ms"], 4),
                 "latency_ratio": round(timing["ratio"], 4)}
 
-    def _train(self, trial, module, seed) -> float:
-        o = self.spec.objective("accuracy")
-        args = o.args if o else {}
+    def _train(self, trial, module, seed, h: str) -> float:
         multi = len(self.spec.objectives) > 1
         curve = []
 
@@ -226,14 +234,24 @@ class TrialRunner:
                 return trial.should_prune()
             return should_stop(trial, epoch, acc, self.spec)
 
+        r = self.recipe
+        checkpoint = Checkpoint(self.out, trial.number, _retried(trial),
+                                key={"ir_hash": h, "seed": seed, "recipe": _recipe_key(r)})
+        on_epoch = None
+        if self.on_epoch is not None:
+            def on_epoch(stats):
+                self.on_epoch(trial.number, stats)
         try:
-            history = train(module, self.data, epochs=int(args.get("epochs", 10)), batch=int(args.get("batch", 128)),
-                            lr=float(args.get("lr", 1e-2)), weight_decay=float(args.get("weight_decay", 1e-4)),
-                            seed=seed, report=report)
+            history = train(module, self.data, seed=seed, report=report, recipe=r, device=self.device,
+                            checkpoint=checkpoint, on_epoch=on_epoch)
         except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
             raise TrialFailed(f"out of memory: {e}") from None
-        epochs = int(args.get("epochs", 10))
-        if len(history) < epochs:
+        if checkpoint.loaded_from is not None:
+            trial.set_user_attr("resumed_from", {"checkpoint": checkpoint.loaded_from[0],
+                                                 "epoch": checkpoint.loaded_from[1]})
+        trial.set_user_attr("epochs_trained", len(history) - (checkpoint.loaded_from or ("", 0))[1])
+        checkpoint.remove()
+        if len(history) < r.epochs:
             trial.set_user_attr("stopped_at_epoch", len(history))
             raise optuna.TrialPruned(f"stopped at epoch {len(history)}: val accuracy {history[-1]:.3f}")
         self._save_weights(trial, module)
@@ -264,6 +282,22 @@ def latency_args(spec) -> dict:
             "runs": int(args.get("runs", 30))}
 
 
+def _retried(trial) -> list[int]:
+    """The numbers of the trials this one retries (Optuna's heartbeat re-queues a dead trial's parameters as a
+    new trial with system attribute `retry_history`, oldest first)."""
+    frozen = next((t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                   if t.number == trial.number), None)
+    return list(frozen.system_attrs.get("retry_history", [])) if frozen is not None else []
+
+
+def _recipe_key(r: Recipe) -> str:
+    """What a checkpoint must have been trained with to be resumed (where it runs and with how many loader
+    workers does not matter)."""
+    from dataclasses import replace
+
+    return repr(replace(r, device="", workers=0))
+
+
 def _deploy(G, module):
     """What ships, for latency: the deploy graph, each region at its precision (int8 kernels included)."""
     try:
@@ -289,4 +323,4 @@ def test_accuracy(G, weights: str, data) -> float | None:
         # not a state dict (weights_only refuses a crafted pickle), truncated, or another model's
         raise ArchError(f"cannot load the weights {weights}: {str(e).splitlines()[0][:300]}",
                         hint="the file is damaged or belongs to another architecture; rerun the trial's search") from None
-    return evaluate(module, data.x_test, data.y_test)
+    return evaluate(module, data.test)

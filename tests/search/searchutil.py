@@ -130,3 +130,28 @@ def signal_mid_trial(proc: subprocess.Popen, out: Path, name: str, sig: int, com
             return trials
         time.sleep(0.05)
     raise AssertionError(f"the search did not reach {complete} complete trials in {timeout:.0f}s")
+
+
+def search_and_worker(arch: Path, storage: str, study: str, outs: tuple[Path, Path], trials: int,
+                      timeout: float = 300) -> None:
+    """`archdsl search` on `storage`, then -- once the study exists -- `archdsl worker` joining it from another
+    --out with the .arch file gone (the worker rebuilds the search from the source the study stores). Both must
+    exit 0."""
+    import time
+
+    search_proc = cli_process("search", arch, "--storage", storage, "--study", study, "--trials", trials,
+                              "--out", outs[0], "--quiet", log=outs[0].with_suffix(".log"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and search_proc.poll() is None:
+        try:
+            if "launch" in optuna.load_study(study_name=study, storage=storage).user_attrs:
+                break
+        except Exception:  # not created yet (or its tables): look again
+            pass
+        time.sleep(0.1)
+    arch.rename(arch.with_suffix(".gone"))
+    worker_proc = cli_process("worker", "--storage", storage, "--study", study, "--out", outs[1], "--quiet",
+                              log=outs[1].with_suffix(".log"))
+    for proc, out in ((search_proc, outs[0]), (worker_proc, outs[1])):
+        rc, stdout, stderr = finish(proc, out.with_suffix(".log"), timeout=timeout)
+        assert rc == 0, stderr

@@ -11,7 +11,7 @@ import uuid
 
 import optuna
 import pytest
-from searchutil import CNN_SPACE, S, cli, cli_process, dominates, finish, write_arch
+from searchutil import CNN_SPACE, S, cli, cli_process, dominates, finish, search_and_worker, write_arch
 
 from archdsl.search.study import FINISHED
 
@@ -93,3 +93,17 @@ def test_two_workers_share_one_study(tmp_path, study_name):
     unique_best = {t.number for t in best if "duplicate_of" not in t.user_attrs}
     assert {m["number"] for m in summary["pareto"]} == unique_best
     assert summary["trials"]["complete"] == len(complete)
+
+
+def test_archdsl_worker_joins_the_shared_study(tmp_path, study_name):
+    """`archdsl worker --storage postgresql://... --study NAME` (another machine's view: another --out, the .arch
+    file gone) takes trials of the study an `archdsl search` started; every trial once, nothing RUNNING."""
+    arch = write_arch(tmp_path, SPACE)
+    search_and_worker(arch, URL, study_name, (tmp_path / "search", tmp_path / "worker"), trials=TRIALS)
+    trials = optuna.load_study(study_name=study_name, storage=URL).get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert all(t.state in FINISHED for t in trials), [t.state for t in trials]
+    assert TRIALS <= len(trials) <= TRIALS + WORKERS
+    assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) == 2
+    worker_weights = [t.user_attrs["weights"] for t in trials if str(tmp_path / "worker") in t.user_attrs.get("weights", "")]
+    assert worker_weights and all(os.path.exists(w) for w in worker_weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from searchutil import S, finished, load_study, precreate, search, write_arch
+from searchutil import S, cli, finished, load_study, precreate, search, write_arch
 
 import archdsl.search.trial as trial_mod
 from archdsl.search.study import RunEnded
@@ -55,7 +55,9 @@ def test_infeasible_trials_are_pruned_with_reason_and_never_trained(tmp_path, co
     assert ok.value == ok.user_attrs["accuracy"]
 
 
-def test_wrong_input_shape_for_the_data_set_is_infeasible(tmp_path, count_training):
+def test_wrong_input_shape_for_the_data_set_stops_before_the_study(tmp_path, count_training):
+    """Not one infeasible trial per point of the space and exit 0: the default architecture's input is checked
+    against the data set before the study starts (status 2, the input line, the data set's shape)."""
     arch = write_arch(tmp_path, """
         model net(width = choice(4, 8)) {
           input seq[1, 40]
@@ -67,12 +69,11 @@ def test_wrong_input_shape_for_the_data_set_is_infeasible(tmp_path, count_traini
           trials = 2
         }
     """)
-    with pytest.raises(RunEnded, match="none of the 2 trials of this run completed: 2x infeasible: ") as e:
-        search(arch, tmp_path / "out")
-    study = e.value.results[0]
-    assert [t.state for t in study.trials] == [S.PRUNED, S.PRUNED]
-    reason = study.trials[0].user_attrs["infeasible"]
-    assert f"{arch}:2:" in reason and "[1, 8, 8]" in reason
+    rc, stdout, stderr = cli("search", arch, "--out", tmp_path / "out", "--quiet")
+    assert rc == 2, stderr
+    assert stderr.startswith(f"{arch}:2:3: error: the model's input is [1, 40] but data set 'digits' has samples "
+                             f"of shape [1, 8, 8]"), stderr
+    assert not (tmp_path / "out" / "study.db").exists()  # no study was started
     assert count_training == []
 
 
