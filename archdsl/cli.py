@@ -207,6 +207,10 @@ def cmd_compile(args) -> int:
         if args.calibrate:
             from archdsl.ptq import calibrate, calibration_batches
 
+            if not any(d["precision"] == "int8" for _, d in G.nodes(data=True)):
+                raise ArchError("--calibrate: the model has no int8 region, so there is nothing to calibrate",
+                                hint="put @precision(int8) on the model (or a block) to quantize it after training")
+
             data = calibration_batches(args.calibrate, G.nodes[G.graph["input"]]["shape"], args.calibrate_batches, 64)
             seen = calibrate(module, data)
             print(f"calibrated {seen} int8 observer(s) on {sum(len(b) for b in data)} samples of {args.calibrate}",

@@ -17,7 +17,8 @@ import torch
 
 from archdsl.errors import ArchError
 
-DATA_HINT = 'give a data set as in a search spec: mnist1d, digits, npz("file.npz") or images("folder"), or a path to an .npz'
+DATA_HINT = ('give a data set as in a search spec: mnist1d, digits, npz("file.npz") or images("folder"), '
+             'or a path to an .npz')
 
 
 def parse_data(spec: str) -> tuple[str, tuple]:

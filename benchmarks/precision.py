@@ -6,8 +6,9 @@ measured in the same run, interleaved.
 
 Each model is compiled with `@precision(P)` on the whole model, given one train-mode pass over a fixed
 N(0, 1) batch (`--calib` samples; every variant the same pass, so the same BatchNorm statistics), its int8
-observers then calibrated on that batch in eval mode (archdsl.ptq.calibrate), and deployed: bf16 runs in bf16 weights and activations, int8 runs on
-PyTorch's quantized kernels where the x86 backend has one (lower_precision's notice names the rest). The
+observers then calibrated on that batch in eval mode (archdsl.ptq.calibrate), and deployed: bf16 runs in
+bf16 weights and activations, int8 runs on PyTorch's quantized kernels where the x86 backend has one
+(lower_precision's notice names the rest). The
 peer: the fp32 deploy graph (without group_fusion, so torch sees plain nn modules) quantized by torch.ao
 directly (FX graph mode, `prepare_fx` / `convert_fx` with the x86 default qconfig), calibrated on the same
 batch. Size: the IR's bytes at each node's precision, and the bytes the deploy module's state_dict holds.
@@ -104,8 +105,8 @@ def state_bytes(module) -> int:
 
 
 def bench(file: Path, batch: int, size: int, runs: int, warmup: int, calib: int, compiled: bool) -> list[dict]:
-    G0 = archdsl.build(archdsl.parse(file.read_text(), file=str(file)),
-                       **({"size": size} if size and "size" in {p.name for p in archdsl.parse(file.read_text()).model().params} else {}))
+    program = archdsl.parse(file.read_text(), file=str(file))
+    G0 = archdsl.build(program, **({"size": size} if size and "size" in {p.name for p in program.model().params} else {}))
     shape = G0.nodes[G0.graph["input"]]["shape"]
     x_cal = torch.randn(calib, *shape, generator=torch.Generator().manual_seed(0))
     built = {p: variant(file, p, size, x_cal) for p in PRECISIONS}

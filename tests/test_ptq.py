@@ -75,6 +75,13 @@ def test_calibrate_needs_weights_out_and_deploy_mode(capsys, files):
     assert rc == 2 and "--mode deploy" in err
 
 
+def test_calibrating_a_model_without_int8_regions_is_a_clear_error(capsys, files):
+    (files / "f.arch").write_text(SRC.replace("@precision(int8)", ""))
+    rc, _, err = run(capsys, "compile", str(files / "f.arch"), "--mode", "deploy", "--calibrate", "mnist1d",
+                     "-o", str(files / "m.py"), "--weights", str(files / "w.pt"))
+    assert rc == 2 and "no int8 region" in err and "@precision(int8)" in err
+
+
 def test_weights_of_another_model_are_a_clear_error(capsys, files):
     torch.save({"nope.weight": torch.zeros(3)}, files / "other.pt")
     rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--load", str(files / "other.pt"),

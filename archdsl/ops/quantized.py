@@ -16,8 +16,8 @@ A float input is quantized on entry with the node's input scale and zero point (
 float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
 
 Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
-weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call). The classes depend on torch alone:
-`archdsl compile -o` copies their source.
+weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call).
+The classes depend on torch alone: `archdsl compile -o` copies their source.
 """
 from __future__ import annotations
 

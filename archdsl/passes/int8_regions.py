@@ -11,8 +11,9 @@ QAT (archdsl/quant.py) quantizes each int8 node's *input* with that node's obser
 instead requantizes its *output*, so it takes the observer of the input its readers trained with (looking
 through the ops above that keep a tensor quantized): where readers disagree, the widest range, so nothing
 clips. An int8 add trains with one observer on both arguments (codegen.torch_fx.as_function), so a conv
-feeding it requantizes to that range and the quantized add reads both arguments exactly as QAT did. Deploy then differs from QAT by at
-most one quantization step per skipped rounding point (a fused ReLU's or a folded BN's own observer).
+feeding it requantizes to that range and the quantized add reads both arguments as QAT did (an add trained
+before that, without an observer, is looked through). Deploy then differs from QAT by at most one
+quantization step per skipped rounding point (a fused ReLU's or a folded BN's own observer).
 
 A linear on (C,) whose result no observed int8 node reads (a classifier) runs oneDNN's int8 linear with a
 float32 result (qlinear, requantize=False): exactly QAT's arithmetic. Such a conv, or a linear over more axes,
