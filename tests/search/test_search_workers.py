@@ -19,14 +19,16 @@ search many over digits {
 """
 
 
-def _check_study(trials, target: int, workers: int) -> set:
+def _check_study(trials, target: int, workers: int, outs) -> set:
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # each number once
     assert all(t.state in FINISHED for t in trials), [t.state for t in trials]
     assert target <= len(trials) <= target + workers  # each worker may have had one in flight at the end
     names = {t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}
     for t in trials:
         if t.state == S.COMPLETE:
-            assert t.values[1] == t.user_attrs["params"] and os.path.exists(t.user_attrs["weights"])
+            # weights are recorded relative to the --out of the process that trained them
+            assert t.values[1] == t.user_attrs["params"]
+            assert any((out / t.user_attrs["weights"]).exists() for out in outs), t.user_attrs["weights"]
     return names
 
 
@@ -36,7 +38,7 @@ def test_devices_run_one_worker_process_each(tmp_path):
                              "--quiet")
     assert rc == 0, stderr
     assert "study many:" in stdout and (tmp_path / "out" / "pareto.json").exists()
-    names = _check_study(load_study(tmp_path / "out", "many").get_trials(deepcopy=False), 6, 2)
+    names = _check_study(load_study(tmp_path / "out", "many").get_trials(deepcopy=False), 6, 2, [tmp_path / "out"])
     assert len(names) == 2  # two processes, not threads of this one
     assert not any(n.endswith(f":{os.getpid()}") for n in names)
 
@@ -47,7 +49,7 @@ def test_worker_joins_a_study_from_its_stored_source(tmp_path):
     db.mkdir()
     url = storage_url(db)
     search_and_worker(arch, url, "many", (tmp_path / "a", tmp_path / "b"), trials=6)
-    names = _check_study(load_study(db, "many").get_trials(deepcopy=False), 6, 2)
+    names = _check_study(load_study(db, "many").get_trials(deepcopy=False), 6, 2, [tmp_path / "a", tmp_path / "b"])
     assert len(names) == 2
     assert list((tmp_path / "b" / "source").rglob("space.arch"))  # the worker ran the stored text
 
