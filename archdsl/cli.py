@@ -116,7 +116,7 @@ def _check_samples(args) -> int:
 
     import archdsl
     from archdsl.frontend.values import show
-    from archdsl.search.space import RandomResolver
+    from archdsl.search.trial_choices import RandomResolver
 
     program = archdsl.parse(Path(args.file))
     fixed = _overrides(program, args.set)

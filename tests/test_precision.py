@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.ops.lowp import Int8Linear
+from archdsl.ops.precision_ops import Int8Linear
 from archdsl.search.data import load
 from archdsl.search.train import evaluate, train
 from codegen.python_source import emit

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.frontend.space import DefaultResolver
+from archdsl.frontend.choices import DefaultResolver
 from archdsl.ir.graph import totals
 
 ROOT = Path(__file__).resolve().parents[1] / "searchspaces"

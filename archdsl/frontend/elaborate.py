@@ -15,7 +15,7 @@ import networkx as nx
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name, segment
-from archdsl.frontend.space import DefaultResolver, Resolver, make_dim
+from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
                                      checked_number, index, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph

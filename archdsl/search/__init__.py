@@ -1,1 +1,1 @@
-"""Search: an Optuna study over an .arch space (space.py -> data.py -> train.py / latency.py -> study.py -> report.py)."""
+"""Search: an Optuna study over an .arch space (trial_choices.py -> data.py -> train.py / latency.py -> study.py -> report.py)."""

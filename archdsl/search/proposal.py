@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 import archdsl
 from archdsl.errors import ArchError
 from archdsl.ir.printer import ir_hash
-from archdsl.search.space import TrialResolver
+from archdsl.search.trial_choices import TrialResolver
 from archdsl.search.trial import static_metrics, violated
 
 

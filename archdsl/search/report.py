@@ -139,9 +139,9 @@ def _member(t, names, pareto_dir: Path, data, study_dir: Path | None) -> dict:
         shutil.copyfile(weights, dst)
         entry["weights"] = str(dst)
         if data is not None and entry["exact_resolution"]:
-            from archdsl.search.trial import test_accuracy
+            from archdsl.search.trial import held_out_accuracy
 
-            entry["test_accuracy"] = test_accuracy(G, str(dst), data)
+            entry["test_accuracy"] = held_out_accuracy(G, str(dst), data)
     return entry
 
 

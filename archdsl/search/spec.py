@@ -113,7 +113,7 @@ class SearchSpec:
 
 def _const(program, expr):
     from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
-    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.choices import DefaultResolver
     from archdsl.frontend.values import CONSTANTS
     from archdsl.search.recipe import WORDS
 
@@ -168,7 +168,7 @@ def _check_constraint(program, expr) -> None:
     """Evaluate a constraint once with every metric at 1: `params < "x"` or `params + 1` (not a
     comparison) fails here, with its line, instead of in every trial."""
     from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
-    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.choices import DefaultResolver
     from archdsl.frontend.values import CONSTANTS
 
     env = dict(CONSTANTS, **{m: 1.0 for m in (*METRICS, "latency_ms")})

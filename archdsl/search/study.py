@@ -144,13 +144,13 @@ def _grid(program, spec, fixed):
     """The grid of a space made of choices only (dimensions met with the defaults; conditional ones too
     when reachable from the defaults)."""
     import archdsl
-    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.choices import DefaultResolver
 
     r = DefaultResolver(fixed)
     archdsl.build(program, spec.settings.get("model"), resolver=r)
     if any(d.kind != "choice" for d in r.dims.values()):
         return None
-    from archdsl.search.space import _categories
+    from archdsl.search.trial_choices import _categories
 
     return {name: _categories(d.labels) for name, d in r.dims.items() if name not in fixed}
 
@@ -217,7 +217,7 @@ def _check_fixed(program, spec, fixed: dict):
     """Build the space's default point with the --set values: unknown names and values outside their
     choices are reported before the study starts. Returns its graph."""
     import archdsl
-    from archdsl.frontend.space import DefaultResolver
+    from archdsl.frontend.choices import DefaultResolver
 
     return archdsl.build(program, spec.settings.get("model"), resolver=DefaultResolver(fixed))
 

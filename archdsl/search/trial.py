@@ -19,7 +19,7 @@ import torch
 import archdsl
 from archdsl.errors import ArchError
 from archdsl.frontend.elaborate import Ctx, Elaborator, Frame
-from archdsl.frontend.space import DefaultResolver
+from archdsl.frontend.choices import DefaultResolver
 from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
@@ -32,16 +32,13 @@ from archdsl.search.proxies import PROXIES
 from archdsl.search.recipe import Recipe, resolve_device
 from archdsl.search.resolved import resolved_source
 from archdsl.search.spec import constraint_names as _names
-from archdsl.search.space import TrialResolver
+from archdsl.search.trial_choices import TrialResolver
 from archdsl.search.train import TrialFailed, evaluate, train
 from archdsl.search.workers import worker_name
 
 METRIC_ATTRS = ("params", "macs", "size", "memory", "latency_ms", "latency_raw_ms", "latency_ratio", "accuracy",
                 "synflow", "naswot", "jacob_cov", "grad_norm")
 
-
-class Infeasible(Exception):
-    pass
 
 
 def activation_bytes(G, batch: int = 1, bytes_per_elem: int = 4) -> int:
@@ -312,7 +309,7 @@ def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
 
-def test_accuracy(G, weights: str, data) -> float | None:
+def held_out_accuracy(G, weights: str, data) -> float | None:
     """Accuracy on the held-out test split, from a trial's saved weights (measured once, for reports)."""
     if not weights or not Path(weights).exists():
         return None

@@ -2,7 +2,7 @@
 suggestion under its stable name (define-by-run, so conditional spaces need nothing special)."""
 from __future__ import annotations
 
-from archdsl.frontend.space import Dim, Resolver
+from archdsl.frontend.choices import Dim, Resolver
 
 
 class TrialResolver(Resolver):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import archdsl
-from archdsl.ops.lowp import Cast, Int8Conv, Int8Linear, QuantDequant
+from archdsl.ops.precision_ops import Cast, Int8Conv, Int8Linear, QuantDequant
 from archdsl.ops.quantized import QAdd, QConv, QLinear
 from archdsl.quant import ActFakeQuant
 import archdsl.passes.lower_precision as lower_precision_module
@@ -305,7 +305,7 @@ def test_int8_kernels_give_the_same_integers_where_int_mm_does_not_take_the_shap
     (1, 2, (5, 9), (1, 3), (1, 2), (1, 2), (2, 2, 0, 0)),
 ])
 def test_int8_conv_against_float64_dequantized_conv(batch, cin, size, k, stride, dilation, pad):
-    from archdsl.ops.lowp import _conv_reference
+    from archdsl.ops.precision_ops import _conv_reference
 
     torch.manual_seed(0)
     m = Int8Conv(cin, 5, k, stride, dilation, pad)

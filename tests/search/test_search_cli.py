@@ -9,7 +9,7 @@ import pytest
 from searchutil import S, cli, cli_process, load_study, write_arch
 
 import archdsl
-from archdsl.frontend.space import DefaultResolver
+from archdsl.frontend.choices import DefaultResolver
 from archdsl.ir.cost import summary
 from archdsl.ir.printer import ir_hash
 

@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from searchutil import S, finished, load_study, precreate, search, write_arch
 
 import archdsl
-from archdsl.frontend.space import DefaultResolver
+from archdsl.frontend.choices import DefaultResolver
 from archdsl.ir.printer import ir_hash
 from archdsl.search.resolved import resolved_source
 
