@@ -17,9 +17,10 @@ from archdsl.search.study import open_study
 
 GRACE = 3
 ENV = {"ARCHDSL_HEARTBEAT_GRACE": str(GRACE), "ARCHDSL_HEARTBEAT_INTERVAL": "1"}
+# trials of a few seconds each: the signals must land inside one, on a quiet machine too
 SPACE = CNN_SPACE + """
 search stop over digits {
-  maximize accuracy(epochs = 6)
+  maximize accuracy(epochs = 30)
 }
 """
 
