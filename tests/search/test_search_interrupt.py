@@ -78,8 +78,14 @@ def test_trial_killed_then_quick_rerun_is_retried_by_a_later_run(tmp_path):
         return cli_process("search", arch, "--trials", trials, "--out", out, "--quiet", "--sampler", "random",
                            env=env, log=tmp_path / log)
 
-    at_kill = signal_mid_trial(run(6, "killed"), out, "stop", signal.SIGKILL)
-    assert at_kill is not None, "the search finished before it could be killed"
+    for attempt in range(3):
+        assert signal_mid_trial(run(6, f"killed{attempt}"), out, "stop", signal.SIGKILL) is not None, \
+            "the search finished before it could be killed"
+        # what the kill left: the trial it landed in stays RUNNING (a kill that landed between two trials, after
+        # the snapshot that triggered it, left none: kill the resumed search again)
+        at_kill = load_study(out, "stop").get_trials(deepcopy=False)
+        if any(t.state == S.RUNNING for t in at_kill):
+            break
     killed = next(t for t in at_kill if t.state == S.RUNNING)
     target = sum(counts(t) for t in at_kill)  # a rerun asking for this many has nothing left to do
     t0 = time.monotonic()
