@@ -39,15 +39,15 @@ def calibration_batches(spec: str, input_shape, batches: int, batch_size: int) -
     """The first `batches` batches of the data set's training split, shaped as the model's input."""
     from archdsl.search.data import load
 
+    if batches < 1 or batch_size < 1:
+        raise ArchError("--calibrate-batches and the batch size must be at least 1")
     name, args = parse_data(spec)
-    x = load(name, args).x_train
+    x = load(name, args).head(batches * batch_size)[0]  # only what calibration reads (an image folder decodes it)
     per_sample = tuple(input_shape)
     if x[0].numel() != torch.Size(per_sample).numel():
         raise ArchError(f"--calibrate {spec}: its samples have shape {tuple(x.shape[1:])}, the model's input is "
                         f"{list(per_sample)}", hint="calibrate with the data the model was trained on")
     x = x.reshape(len(x), *per_sample).float()
-    if batches < 1 or batch_size < 1:
-        raise ArchError("--calibrate-batches and the batch size must be at least 1")
     return [x[i:i + batch_size] for i in range(0, min(len(x), batches * batch_size), batch_size)]
 
 

@@ -74,10 +74,15 @@ def _header_size(path: Path, span) -> tuple[int, int]:
                         f"a decompression bomb?)", span, hint="remove it, or resize it first") from None
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's UnidentifiedImageError is an OSError
         raise ArchError(f"{path} is not a readable image: {e}", span, hint="remove or replace the file") from None
-    if w * h > Image.MAX_IMAGE_PIXELS:
-        raise ArchError(f"{path} is {w}x{h}, over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels", span,
-                        hint="resize it first")
+    if _too_large(path, w, h):
+        raise ArchError(_too_large(path, w, h), span, hint="resize it first")
     return w, h
+
+
+def _too_large(path, w: int, h: int) -> str | None:
+    """Why an image of w x h pixels is not decoded (over Pillow's decompression-bomb limit), or None."""
+    limit = _pil().MAX_IMAGE_PIXELS
+    return f"{path} is {w}x{h}, over Pillow's limit of {limit:,} pixels" if w * h > limit else None
 
 
 def decode(path: str):
@@ -86,9 +91,8 @@ def decode(path: str):
     decodes. Called per image in the loader workers: no warnings machinery, no copy of an RGB image."""
     Image = _pil()
     with Image.open(path) as img:
-        w, h = img.size
-        if w * h > Image.MAX_IMAGE_PIXELS:
-            raise ValueError(f"{path} is {w}x{h}, over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels")
+        if _too_large(path, *img.size):
+            raise ValueError(_too_large(path, *img.size))
         img.load()
         return img if img.mode == "RGB" else img.convert("RGB")
 

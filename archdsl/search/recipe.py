@@ -57,16 +57,15 @@ def from_args(args: dict, span: Span | None = None) -> Recipe:
     def bad(name, what):
         raise ArchError(f"accuracy({name} = {args[name]!r}): {what}", span)
 
-    out = {}
-    for name in ("epochs", "batch", "workers"):
-        if name in args:
-            v = args[name]
-            low = 0 if name == "workers" else 1
-            if not _is_int(v) or v < low or v > (256 if name == "workers" else 10**7):
-                bad(name, f"give a whole number, {low} or more")
-            out[name] = v
-    for name, closed in (("lr", False), ("weight_decay", True), ("label_smoothing", True), ("clip", True),
-                         ("warmup", True)):
+    # epochs, batch, lr and weight_decay are checked with every objective's arguments (spec.ARG_RULES) before
+    # this runs; the arguments only training has are checked here
+    out = {name: args[name] for name in ("epochs", "batch") if name in args}
+    out.update({name: float(args[name]) for name in ("lr", "weight_decay") if name in args})
+    if "workers" in args:
+        if not _is_int(args["workers"]) or not 0 <= args["workers"] <= 256:
+            bad("workers", "give a whole number, 0 or more")
+        out["workers"] = args["workers"]
+    for name, closed in (("label_smoothing", True), ("clip", True), ("warmup", True)):
         if name in args:
             v = args[name]
             if not _is_num(v) or v < 0 or (v == 0 and not closed) or (name == "label_smoothing" and v >= 1):
