@@ -14,7 +14,7 @@ def cmd_search(args) -> int:
     from archdsl.search.outdir import prepare
     from archdsl.search.report import write_report
     from archdsl.search.spec import override_program
-    from archdsl.search.study import RunEnded, run_search
+    from archdsl.search.study import RunEnded, run_search, storage_url
 
     from archdsl.search.workers import device_list, launch_record, run_workers
 
@@ -34,8 +34,7 @@ def cmd_search(args) -> int:
         else:  # one worker process per device: this process creates the study, checks everything, then waits
             t0 = time.perf_counter()
             study, spec, data, _ = run_search(program, trials=0, progress=False, **kwargs)
-            storage = args.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-            run_workers(storage, study.study_name, out, devices, args.jobs or 1)
+            run_workers(storage_url(args.storage, out), study.study_name, out, devices, args.jobs or 1)
             seconds = time.perf_counter() - t0
     except RunEnded as e:  # interrupted, or nothing completed: still report what there is
         ended = e

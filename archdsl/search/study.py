@@ -22,7 +22,7 @@ import torch
 
 from archdsl.errors import ArchError
 from archdsl.search.data import check_split, load
-from archdsl.search.interrupt import Interrupts, StopAt, done, requeue_interrupted, retries_waiting, \
+from archdsl.search.interrupt import StopAt, done, requeue_interrupted, retries_waiting, \
     why_none_completed
 from archdsl.search.outdir import prepare, write_errors
 from archdsl.search.latency import calibrate
@@ -68,6 +68,12 @@ def search_threads(threads: int | None) -> int:
     return threads
 
 
+def storage_url(url: str | None, out: Path) -> str:
+    """The study's storage URL: --storage, else the SQLite file OUT/study.db (what workers started for
+    --devices are given too)."""
+    return url if url is not None else f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
 def make_storage(url: str | None, out: Path):
     interval, grace = heartbeat_timing()
     db = sqlite_file(url, out)
@@ -75,7 +81,7 @@ def make_storage(url: str | None, out: Path):
         check_sqlite(db)
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(out / 'study.db').resolve()}"
+    url = storage_url(url, out)
     kwargs = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
