@@ -16,6 +16,15 @@ infeasible before training (a shape error, a static constraint such as params < 
 was already proposed or evaluated in the study, and infeasible ones, are redrawn (up to `attempts` times), so
 the budget is not spent on duplicates. Without a callback, choices are planned lazily as they are suggested.
 
+When the callback also says what a candidate's objectives known before training are (latency, params, MACs:
+`proposal.ArchProposer`), the sampler drafts `candidates` children and trains the one with the largest
+predicted hypervolume gain over the completed trials: its known objectives as measured, the trained ones
+(accuracy) predicted at its parent's value plus `optimism` (a relative margin: one point at 97 %, so a child
+a little slower than its parent is still worth a try where no trial is that accurate yet). A child predicted
+to be dominated - slower than a completed trial that is already more accurate than the child is likely to be
+- is not trained while another child would move the front; when none would, one is taken at random
+(exploration). The predicted gain is kept on the trial (system attribute `archdsl:predicted_gain`).
+
 The plan is kept on the trial (system attribute), so the sampler holds no state of its own: a resumed study or
 another worker on the same storage sees every plan, and a worker never re-proposes what another is training.
 """
@@ -35,6 +44,7 @@ PLAN = "archdsl:plan"        # the planned choices of a trial (JSON), when plann
 PARENT = "archdsl:parent"    # the trial number of its parent (absent in the warm-up)
 MUTATED = "archdsl:mutated"  # the choice the child changed
 HASH = "archdsl:ir_hash"     # the IR hash of the planned architecture
+GAIN = "archdsl:predicted_gain"  # the hypervolume gain the sampler predicted for it (ranked candidates only)
 
 Choose = Callable[[str, object], object]
 
@@ -85,6 +95,19 @@ def fitness_order(losses: np.ndarray) -> np.ndarray:
     place = np.empty(len(losses), dtype=int)
     place[keys] = np.arange(len(losses))
     return place
+
+
+def _signs(study) -> np.ndarray:
+    """Multiply objective values by these to minimise all of them."""
+    return np.array([-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
+
+
+def _hv(losses: np.ndarray, reference: np.ndarray) -> float:
+    """Hypervolume of the minimised `losses` up to `reference` (Optuna's WFG); 0 for none inside it."""
+    from optuna._hypervolume import compute_hypervolume
+
+    pts = losses[np.all(losses < reference, axis=1)] if len(losses) else losses
+    return float(compute_hypervolume(pts, reference)) if len(pts) else 0.0
 
 
 # ----- drawing and mutating one value
@@ -140,10 +163,12 @@ class Plan:
 
 class EvolutionSampler(BaseSampler):
     def __init__(self, seed: int | None = None, population: int = 12, tournament: int = 3, warmup: int = 4,
-                 propose: Callable[[Choose], tuple[dict, str] | None] | None = None, attempts: int = 30):
+                 propose: Callable[[Choose], tuple | None] | None = None, attempts: int = 30,
+                 candidates: int = 6, optimism: float = 0.01):
         self.seed = 0 if seed is None else int(seed)
         self.population, self.tournament, self.warmup = population, tournament, warmup
         self.propose, self.attempts = propose, attempts
+        self.candidates, self.optimism = candidates, optimism
         self._plans: dict[int, Plan] = {}  # trial id -> plan, for suggestions in this process
         self._lock = threading.Lock()
 
@@ -197,37 +222,78 @@ class EvolutionSampler(BaseSampler):
             parent = parents[0]
             return Plan(rng, parent, self._pick_mutated(parent, rng)), parent
         seen = self._seen(study)
-        fallback = None
+        fallback, drafts = None, []
         for attempt in range(self.attempts):
             # mutations of a few tournament winners first; when all of those were seen, fresh random points
             parent = parents[attempt % len(parents)] if attempt < self.attempts // 2 else None
+            if parent is None and drafts:
+                break  # the children drafted so far are ranked; random points are the last resort
             plan = Plan(rng, parent, self._pick_mutated(parent, rng))
             result = self.propose(plan.choose)
             if result is None:
                 continue  # infeasible before training
-            values, key = result
+            values, key, known = (*result, None)[:3]
             plan.values = dict(values)
-            if key not in seen:
-                study._storage.set_trial_system_attr(trial._trial_id, HASH, key)
-                return plan, parent
-            fallback = fallback or (plan, parent)
+            if key in seen:
+                fallback = fallback or (plan, parent)
+                continue
+            seen.add(key)
+            drafts.append((plan, parent, key, known))
+            if parent is None or known is None or len(drafts) >= self.candidates:
+                break
+        if drafts:
+            (plan, parent, key, _), gain = self._rank(study, drafts, rng)
+            study._storage.set_trial_system_attr(trial._trial_id, HASH, key)
+            if gain is not None:
+                study._storage.set_trial_system_attr(trial._trial_id, GAIN, gain)
+            return plan, parent
         if fallback is not None:  # every feasible candidate was seen already: train one again, not nothing
             return fallback
         return Plan(rng), None  # nothing feasible found: let the trial find out why
+
+    def _rank(self, study, drafts: list, rng) -> tuple[tuple, float | None]:
+        """The draft with the largest predicted hypervolume gain (a random one when none gains), and the gain."""
+        if len(drafts) == 1:
+            return drafts[0], None
+        signs = _signs(study)
+        done = self._pool(study, everyone=True)
+        losses = np.array([np.array(t.values) * signs for t in done]).reshape(-1, len(signs))
+        knowns = [known(study) for _, _, _, known in drafts]
+        if len(signs) < 2 or not any(knowns):
+            return drafts[0], None  # nothing is known before training: no ranking to make
+        predicted = []
+        for (plan, parent, key, _), k in zip(drafts, knowns):
+            predicted.append(np.array([k[i] if i in k else self._predict(parent.values[i], signs[i])
+                                       for i in range(len(signs))]) * signs)
+        pts = np.vstack([losses, *predicted])
+        if not np.all(np.isfinite(pts)):
+            pts = pts[np.all(np.isfinite(pts), axis=1)]
+        ref = pts.max(axis=0) + 0.1 * np.abs(pts.max(axis=0) - pts.min(axis=0)) + 1e-12
+        base = _hv(losses, ref)
+        gains = np.array([_hv(np.vstack([losses, p]), ref) - base for p in predicted])
+        if gains.max() <= 0:
+            return drafts[int(rng.integers(len(drafts)))], 0.0
+        best = int(np.argmax(gains))
+        return drafts[best], float(gains[best])
+
+    def _predict(self, value: float, sign: float) -> float:
+        """A trained objective of a child, before training: its parent's, a little better (`optimism`)."""
+        return value - sign * self.optimism * abs(value)
 
     def _pick_mutated(self, parent, rng) -> str | None:
         names = [n for n, d in (parent.distributions.items() if parent is not None else ()) if not d.single()]
         return names[rng.integers(len(names))] if names else None
 
-    def _pool(self, study) -> list:
-        """The population: the most recently completed trials (aging), duplicates of one architecture once."""
+    def _pool(self, study, everyone: bool = False) -> list:
+        """The population: the most recently completed trials (aging), duplicates of one architecture once;
+        with `everyone`, all completed trials."""
         done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if "duplicate_of" not in t.user_attrs and t.values is not None]
         done.sort(key=lambda t: t.datetime_complete or t.datetime_start)
-        return done[-self.population:]
+        return done if everyone else done[-self.population:]
 
     def _tournament(self, study, pool: list, rng):
-        signs = np.array([-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions])
+        signs = _signs(study)
         picked = rng.choice(len(pool), size=min(self.tournament, len(pool)), replace=False)
         losses = np.array([np.array(pool[i].values) * signs for i in range(len(pool))])
         place = fitness_order(losses)  # ranked within the whole population, so a tournament's winner is global

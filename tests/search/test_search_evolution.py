@@ -166,3 +166,84 @@ def test_nondominated_ranks_and_crowding():
     d = crowding(losses[:3])
     # middle point: (4-1)/(4-1) + (5-1)/(5-1) = 2
     assert math.isinf(d[0]) and math.isinf(d[2]) and d[1] == 2.0
+
+
+# ----- ranking drafted children by predicted hypervolume gain (objectives known before training)
+X = CategoricalDistribution(list(range(12)))
+
+
+def area(points, ref_lat):
+    """2-D hypervolume by brute force, independent of the sampler: the union of the rectangles
+    [0, acc] x [lat, ref_lat] for (acc, lat) points, summed over the latency axis in unit steps (latencies
+    are integers here)."""
+    total = 0.0
+    for lat in range(0, int(ref_lat)):
+        best = max((a for a, l in points if l <= lat), default=0.0)
+        total += best
+    return total
+
+
+def test_the_child_with_the_largest_predicted_gain_is_trained():
+    """x is the architecture, its latency is x (known before training); completed trials form a front. Every
+    drafted child is predicted at its parent's accuracy (plus 1 % optimism) with its own latency; the child
+    trained is the draft whose predicted point adds the most area to the front, counted by brute force. (The
+    tournament takes the whole population, so every draft has the same parent and the ranking does not depend
+    on the reference point.)"""
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=EvolutionSampler(seed=3, warmup=0, tournament=3, candidates=6, optimism=0.01))
+    done = {7: 0.90, 9: 0.95, 11: 0.60}  # x -> accuracy; latency = x
+    for x, acc in done.items():
+        t = optuna.trial.create_trial(params={"x": x}, distributions={"x": X}, values=[acc, float(x)],
+                                      user_attrs={"ir_hash": f"h{x}"})
+        study.add_trial(t)
+    drafted = []
+
+    def propose(choose):
+        x = choose("x", X)
+        drafted.append(x)
+        return {"x": x}, f"h{x}", lambda study: {1: float(x)}
+
+    study.sampler.propose = propose
+    trial = study.ask()
+    parent = study.trials[study._storage.get_trial_system_attrs(trial._trial_id)[PARENT]]
+    unseen = list(dict.fromkeys(x for x in drafted if x not in done))
+    assert len(unseen) >= 2
+    pred = parent.values[0] * 1.01
+    ref_lat = 100  # any reference beyond every latency gives the same ranking of gains in 2-D
+    front = [(a, float(x)) for x, a in done.items()]
+    gains = {x: area(front + [(pred, x)], ref_lat) - area(front, ref_lat) for x in unseen}
+    chosen = trial.suggest_categorical("x", list(range(12)))
+    if max(gains.values()) > 0:
+        assert gains[chosen] == max(gains.values())
+        assert study._storage.get_trial_system_attrs(trial._trial_id)["archdsl:predicted_gain"] > 0
+    else:
+        assert chosen in unseen
+
+
+def test_children_predicted_dominated_are_not_trained_while_another_gains():
+    """Parent at latency 5 with 0.9; a completed trial at latency 2 is already 0.99: every child of that
+    parent slower than 2 is predicted dominated, so the one draft faster than 2 (x = 1, the only place left
+    to gain) is chosen whenever it was drafted."""
+    xs = CategoricalDistribution([1, 2, 3, 4, 5, 6, 8])
+    checked = 0
+    for seed in range(16):
+        study = optuna.create_study(directions=["maximize", "minimize"],
+                                    sampler=EvolutionSampler(seed=seed, warmup=0, tournament=1, candidates=5))
+        for x, acc in ((5, 0.9), (2, 0.99)):
+            study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": xs},
+                                                      values=[acc, float(x)], user_attrs={"ir_hash": f"h{x}"}))
+        drafted = []
+
+        def propose(choose):
+            x = choose("x", xs)
+            drafted.append(x)
+            return {"x": x}, f"h{x}", lambda study: {1: float(x)}
+
+        study.sampler.propose = propose
+        trial = study.ask()
+        parent = study._storage.get_trial_system_attrs(trial._trial_id)[PARENT]
+        chosen = trial.suggest_categorical("x", [1, 2, 3, 4, 5, 6, 8])
+        if parent == 0 and 1 in drafted:
+            assert chosen == 1
+            checked += 1
+    assert checked >= 2
