@@ -182,6 +182,10 @@ class Builder:
             wrap = ("dtype", dtype) if dtype else ()
         elif d["precision"] != "fp32":
             wrap = ("precision", d["precision"])
+            from archdsl.quant import Precision
+
+            if Precision not in self.used:
+                self.used.append(Precision)
         return Leaf(cls, class_ref(cls), tuple(kwargs.items()), wrap)
 
     def _base(self, s: str) -> str:

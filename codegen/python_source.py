@@ -58,12 +58,7 @@ def emit(G: nx.DiGraph) -> str:
     file = (G.graph.get("file") or "<text>").encode("unicode_escape").decode("ascii").replace('"', '\\"')
     b = Builder(G, os.path.basename(file))
     classes, shape = b.build()
-    helpers = list(b.used)
-    if any(isinstance(x, Leaf) and x.wrap[:1] == ("precision",) for x in _exprs(b)):
-        from archdsl.quant import Precision
-
-        helpers.append(Precision)
-    sources, defined = _sources(helpers)
+    sources, defined = _sources(b.used)
     taken = set(defined) | set(EMITTED_GLOBALS)
     for k in classes:
         k.name = _unique(k.base, taken)
@@ -76,15 +71,6 @@ def emit(G: nx.DiGraph) -> str:
     src += "".join(_render(k, taken) + "\n\n" for k in classes)
     src += _render(root, taken, extra=_share_lines(G))
     return src + f"\n\nModel = {root.name}\n"
-
-
-def _exprs(b: Builder):
-    for shape in b.shapes.values():
-        for t, _, *e in shape.items:
-            yield from (e[1] if t == "run" else e[:1])
-    for e in b.expr.values():
-        yield e
-        yield from (x for _, x in getattr(e, "children", ()))
 
 
 def _unique(base: str, taken: set) -> str:
