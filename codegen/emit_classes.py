@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import keyword
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -152,6 +153,7 @@ class Builder:
                               f"fused group: {' >> '.join(ops)} (deploy)", dtype)
 
     def items(self, s: str) -> list:
+        """The children's constructions in order; `name0, name1, ...` scopes of one structure as one run."""
         items = []
         for c in self.sc.children[s]:
             if not self.sc.is_scope(c) and as_function(self.G, c):
@@ -164,13 +166,15 @@ class Builder:
             if m and last and last[0] == "run" and last[1] == m.group(1) and \
                     int(m.group(2)) == last[2] + len(last[3]) and last[3][0].key() == e.key():
                 last[3].append(e)
-            elif m and last and last[0] == "attr" and _INDEXED.match(last[1]) and \
-                    _INDEXED.match(last[1]).group(1) == m.group(1) and \
-                    int(m.group(2)) == int(_INDEXED.match(last[1]).group(2)) + 1 and last[2].key() == e.key():
-                items[-1] = ("run", m.group(1), int(_INDEXED.match(last[1]).group(2)), [last[2], e])
+            elif m:
+                items.append(("run", m.group(1), int(m.group(2)), [e], c))
             else:
                 items.append(("attr", local, e))
-        return items
+        # a lone `name3` is a run only where it is a whole loop (`repeat 1`): elsewhere it is just a name
+        bases = [it[1] for it in items if it[0] == "run"]
+        return [("attr", f"{it[1]}{it[2]}", it[3][0]) if it[0] == "run" and len(it[3]) == 1 and (
+                bases.count(it[1]) > 1 or self.records.get(it[4], {}).get("kind") not in ("for", "repeat"))
+                else it[:4] for it in items]
 
     def leaf(self, node: str) -> Leaf:
         cls, kwargs = module_for(self.G, node)
@@ -199,57 +203,79 @@ class Builder:
             return f"the modules under {s}"
         what = {"block": f"block {ident(rec['name'])}", "for": f"one iteration of `{ident(rec['name'])}: for`",
                 "repeat": f"one repeat of `{ident(rec['name'])}: repeat`"}.get(rec["kind"], f"`{ident(rec['name'])}: ...`")
-        return f"{what}, {self.file} line {int(rec['line'])}"
+        file = escape(os.path.basename(rec.get("file") or "")) or self.file  # an imported block: its own file
+        return f"{what}, {file} line {int(rec['line'])}"
 
 
-def unify(k: Klass, shapes: dict, records: dict, taken: set) -> None:
-    """The constructor parameters of class `k`: the slots whose values differ between its instances."""
+def unify(k: Klass, shapes: dict, records: dict, taken: set, widths: dict) -> None:
+    """The constructor parameters of class `k`: the slots whose values differ between its instances, one
+    parameter per distinct column of values (an integer multiple of one is written as such). `widths`: each
+    scope's input channels."""
     slots = {s: shapes[s].slots() for s in k.instances}
     first = slots[k.instances[0]]
-    names = set()
-    for j, (hint_name, _) in enumerate(first):
+    params = []  # [hint, {scope: value}, [(Code, factor), ...]]
+    for j, (hint_name, value) in enumerate(first):
         col = {s: slots[s][j][1] for s in k.instances}
-        reprs = [literal(v) for v in col.values()]
-        if len(set(reprs)) == 1:
-            k.renders.append(Lit(first[j][1]))
+        if len({literal(v) for v in col.values()}) == 1:
+            k.renders.append(Lit(value))
             continue
-        same = next((n for n, vals in k.params if [literal(v) for v in vals.values()] == reprs), None)
-        if same:
-            k.renders.append(Code(same))
-            continue
-        mult = _multiple(col, k.params)
-        if mult:
-            k.renders.append(Code(mult))
-            continue
-        name = _param_name(hint_name, col, k.instances, records, names | taken)
-        names.add(name)
-        k.params.append((name, col))
-        k.renders.append(Code(name))
+        code = Code("")
+        found = next(((p, 1) for p in params if _reprs(p[1]) == _reprs(col)), None) or _multiple(col, params)
+        if found:
+            found[0][2].append((code, found[1]))
+        else:
+            params.append([hint_name, col, [(code, 1)]])
+        k.renders.append(code)
+    used = set(taken)
+    names = {}
+    for i, (_, col, _) in enumerate(params):  # the block's own parameter names first, then torch's roles
+        arg = _block_arg(col, k.instances, records)
+        if arg and _safe(arg, set()) not in used:
+            names[i] = _safe(arg, used)
+    for i, (hint_name, col, _) in enumerate(params):  # a width equal to the input's channels is `dim_in`
+        if hint_name in ("dim", "dim_in") and all(col[s] == widths.get(s) for s in col):
+            hint_name = "dim_in"
+        names.setdefault(i, _safe(hint_name, used))
+    for i, (_, col, codes) in enumerate(params):
+        k.params.append((names[i], col))
+        for code, factor in codes:
+            code.text = names[i] if factor == 1 else f"{factor} * {names[i]}"
 
 
-def _multiple(col: dict, params: list) -> str | None:
+def _reprs(col: dict) -> list:
+    return [literal(v) for v in col.values()]
+
+
+def _multiple(col: dict, params: list):
+    """(param, factor) when every value of `col` is the same integer multiple (3 or more) of a parameter's."""
     if not all(type(v) is int for v in col.values()):
         return None
-    for name, vals in params:
+    for p in params:
+        vals = p[1]
         if all(type(v) is int and v > 0 for v in vals.values()):
             ratios = {col[s] / vals[s] for s in col}
-            if len(ratios) == 1:
-                r = ratios.pop()
-                if r == int(r) and r >= 2:
-                    return f"{int(r)} * {name}"
+            r = ratios.pop() if len(ratios) == 1 else 0
+            # an MLP's 4x (ResNet's expansion, 3x or 4x) reads as `4 * dim`; a stage's 2x is its own width
+            if r == int(r) and r >= 3:
+                return p, int(r)
     return None
 
 
-def _param_name(hint_name: str, col: dict, instances: list, records: dict, taken: set) -> str:
+def _block_arg(col: dict, instances: list, records: dict) -> str | None:
+    """The name of the block parameter that has exactly these values in every instance, if one has."""
     want = [literal(col[s]) for s in instances]
     args = [records.get(s, {}).get("args", {}) for s in instances]
-    for name in args[0]:
-        if all(name in a for a in args) and [literal(a[name]) for a in args] == want:
-            hint_name = name
-            break
-    name = ident(hint_name)
-    while keyword.iskeyword(name) or hasattr(builtins, name) or name in _RESERVED or name in taken:
+    return next((n for n in args[0] if all(n in a for a in args) and [literal(a[n]) for a in args] == want), None)
+
+
+def _safe(name: str, used: set) -> str:
+    name = ident(name)
+    while keyword.iskeyword(name) or hasattr(builtins, name) or name in _RESERVED:
         name += "_"
+    base, n = name, 2
+    while name in used:
+        name, n = f"{base}_{n}", n + 1
+    used.add(name)
     return name
 
 
@@ -267,6 +293,11 @@ def _fp(e):
 
 def _fp_shape(shape: Shape):
     return tuple((t, n) + tuple(_fp(x) for x in (e[1] if t == "run" else e[:1])) for t, n, *e in shape.items)
+
+
+def escape(text: str) -> str:
+    """Text for a comment or docstring: no quote, backslash or newline can end it early."""
+    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
 def _seq_safe(name: str) -> bool:

@@ -18,7 +18,7 @@ import networkx as nx
 
 from archdsl.frontend.names import EMITTED_GLOBALS, class_name
 from archdsl.ir.graph import inputs, shared_with
-from codegen.emit_classes import Builder, Klass, Shape, uniform, unify
+from codegen.emit_classes import Builder, Klass, Shape, escape, uniform, unify
 from codegen.emit_exprs import Code, Leaf, Lit, ident, literal
 from codegen.emit_scopes import forward_lines
 from codegen.torch_fx import module_for
@@ -55,7 +55,7 @@ def _sources(classes) -> tuple[list[str], set[str]]:
 def emit(G: nx.DiGraph) -> str:
     name = G.graph.get("name") or "Model"
     # The file name goes into a docstring and comments: escaped, no quote, backslash or newline can end them.
-    file = (G.graph.get("file") or "<text>").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    file = escape(G.graph.get("file") or "<text>")
     b = Builder(G, os.path.basename(file))
     classes, shape = b.build()
     sources, defined = _sources(b.used)
@@ -63,8 +63,10 @@ def emit(G: nx.DiGraph) -> str:
     for k in classes:
         k.name = _unique(k.base, taken)
         taken.add(k.name)
+    widths = {s: G.nodes[ext[0]]["shape"][0] for s, (ext, _) in b.sc.io.items() if ext}
+    widths.update({n: G.nodes[inputs(G, n)[0]]["shape"][0] for n in G if G.nodes[n]["op"] == "fused"})
     for k in classes:
-        unify(k, b.shapes, b.records, taken)
+        unify(k, b.shapes, b.records, taken, widths)
     root = Klass("", f"model {ident(name)}, {os.path.basename(file)}", shape, name=class_name(name, taken))
     root.renders = [Lit(v) for _, v in root.proto.slots()]
     src = HEADER.format(name=name, file=file) + "\n\n".join(sources) + ("\n\n" if sources else "")

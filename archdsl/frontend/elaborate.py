@@ -423,7 +423,8 @@ class Elaborator:
     def _scope(self, path, kind: str, name: str, span: Span | None, args: dict | None = None) -> None:
         # what made a scope of names (a block call, a label, a loop iteration): emitted Python names classes so
         if path:
-            self.G.graph["scopes"][".".join(path)] = dict(kind=kind, name=name, line=span.line if span else 0,
+            self.G.graph["scopes"][".".join(path)] = dict(kind=kind, name=name, file=span.file if span else "",
+                                                          line=span.line if span else 0,
                                                           args={k: v for k, v in (args or {}).items() if is_plain(v)})
 
     def _qual(self, ctx: Ctx, name: str) -> str:
