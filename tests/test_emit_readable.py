@@ -150,3 +150,34 @@ def test_scopes_with_two_inputs_and_unsafe_parameter_names():
     assert "self.c.conv(" in source
     gm = randomize(archdsl.compile(G), scale=0.3).eval()
     _check_both_ways(gm, source, torch.randn(2, 3, 9, 7), lambda: archdsl.compile(G))
+
+
+def _options(path: Path):
+    """(name, label) of every option of the space's choices that is not a plain number."""
+    from archdsl.frontend.choices import DefaultResolver
+
+    resolver = DefaultResolver()
+    archdsl.build(archdsl.parse(path), resolver=resolver)
+    for name, dim in resolver.dims.items():
+        if dim.kind == "choice" and not all(isinstance(o, (int, float)) for o in dim.options):
+            yield from ((name, label) for label in dim.labels)
+
+
+@pytest.mark.filterwarnings("ignore:.*low-precision node")  # int8 without calibration runs simulated: still equal
+@pytest.mark.parametrize("mode", ["train", "deploy"])
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+def test_every_option_of_the_example_spaces_emits_the_same_module(path, mode):
+    program = archdsl.parse(path)
+    options = list(_options(path))
+    assert len(options) >= 10  # mixers, norms, precisions ...
+    for name, label in options:
+        G = archdsl.build(program, **{name: label})
+        gm = randomize(archdsl.compile(G)).eval()
+        x = torch.randn(2, *G.nodes[G.graph["input"]]["shape"], generator=torch.Generator().manual_seed(3))
+        ref = gm if mode == "train" else gm.deploy()
+        source = emit(ref.archdsl_ir)
+        emitted = load(source).eval()
+        assert list(emitted.state_dict()) == list(ref.state_dict()), (name, label)
+        emitted.load_state_dict(ref.state_dict(), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(emitted(x), ref(x), rtol=0, atol=0, msg=f"{name}={label}")
