@@ -142,7 +142,7 @@ class Builder:
                 if used not in self.used:
                     self.used.append(used)
             items.append(("attr", ident(name), Leaf(cls, ref, tuple(kwargs))))
-            units.append(Unit(name, "linear" if cls is Linear else "module", name, list(args)))
+            units.append(Unit(ident(name), "linear" if cls is Linear else "module", name, list(args)))
         names = ["x", "y", "z"] + [f"x{i}" for i in range(3, len(inputs(self.G, node)))]
         invars = {f"in{i}": names[i] for i in range(len(inputs(self.G, node)))}
         forward = forward_lines(units, invars, units[-1].out)
@@ -195,7 +195,7 @@ class Builder:
     def _base(self, s: str) -> str:
         rec = self.records.get(s)
         name = rec["name"] if rec else re.sub(r"[0-9_]+$", "", s.rsplit(".", 1)[-1]) or "Part"
-        return "".join(p.capitalize() for p in name.split("_")) or "Part"
+        return ident("".join(p.capitalize() for p in name.split("_")) or "Part")
 
     def _desc(self, s: str) -> str:
         rec = self.records.get(s)

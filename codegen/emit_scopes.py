@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from archdsl.ir.graph import inputs, order
+from codegen.emit_exprs import ident
 from codegen.torch_fx import as_function
 
 FUNCTIONS = ("add", "mul", "concat")  # as_function ops the forward writes as expressions
@@ -69,7 +70,7 @@ class Scopes:
 
         def visit(scope: str, rel: str):
             for c in self.children[scope]:
-                local = c.rsplit(".", 1)[-1]
+                local = ident(c.rsplit(".", 1)[-1])
                 path = f"{rel}.{local}" if rel else local
                 if not self.is_scope(c):
                     op = self.G.nodes[c]["op"]
