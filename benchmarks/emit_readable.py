@@ -1,7 +1,7 @@
 """Emitted Python files: their length per reference model (train and deploy), and how long a fresh process takes
 to import one and run one forward pass, against compiling the .arch file in memory and running the same.
 
-    python benchmarks/emit_readable.py                 # line counts, then ConvNeXt-T start-up (5 rounds)
+    python benchmarks/emit_readable.py                 # line counts; ConvNeXt-T start-up and forward (5 rounds)
     python benchmarks/emit_readable.py --rounds 7 --skip-lines
 """
 from __future__ import annotations
@@ -79,6 +79,35 @@ def startup(arch: Path, rounds: int) -> None:
           f"ratio emitted / in-memory {ma / mb:.2f}")
 
 
+def forward_latency(arch: Path, rounds: int, reps: int = 5) -> None:
+    """Steady-state forward of the emitted module against the in-memory one, same weights, one process,
+    interleaved: the medians of `rounds` x `reps` single forwards after a warm-up."""
+    import archdsl
+    import torch
+    from codegen.python_source import emit
+
+    G = archdsl.build(archdsl.parse(arch))
+    gm = archdsl.compile(G).eval()
+    ns: dict = {}
+    exec(compile(emit(G), "m.py", "exec"), ns)
+    emitted = ns["Model"]().eval()
+    emitted.load_state_dict(gm.state_dict())
+    x = torch.randn(1, 3, 224, 224)
+    times = {"emitted": [], "in-memory": []}
+    with torch.no_grad():
+        for m in (emitted, gm):
+            m(x)
+        for _ in range(rounds):
+            for name, m in (("emitted", emitted), ("in-memory", gm)):
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t)
+    a, b = (statistics.median(times[k]) * 1e3 for k in ("emitted", "in-memory"))
+    print(f"{arch.stem}: forward {a:.0f} ms emitted, {b:.0f} ms in-memory (medians of {rounds * reps}); "
+          f"ratio {a / b:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -88,6 +117,7 @@ def main() -> None:
     if not args.skip_lines:
         line_counts()
     startup(ROOT / "searchspaces" / "models" / "convnext_t.arch", args.rounds)
+    forward_latency(ROOT / "searchspaces" / "models" / "convnext_t.arch", args.rounds)
     print(f"({time.perf_counter() - t:.0f} s)")
 
 
