@@ -29,6 +29,8 @@ def literal(v) -> str:
         if isinstance(v, float) and v != v:
             return "float('nan')"
         return repr(v)
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        return "{" + ", ".join(f"{k!r}: {literal(x)}" for k, x in v.items()) + "}"
     if isinstance(v, (list, tuple)):
         inner = ", ".join(literal(x) for x in v)
         return f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]"

@@ -52,7 +52,9 @@ def _sources(classes) -> tuple[list[str], set[str]]:
     return out, {obj.__name__ for obj in seen}
 
 
-def emit(G: nx.DiGraph) -> str:
+def emit(G: nx.DiGraph, backend: str = "torch") -> str:
+    """The file's source. ``backend="triton"`` (a deploy graph): the same classes, the fused groups swapped for
+    archdsl's Triton kernels when the model is built (codegen/emit_triton.py)."""
     name = G.graph.get("name") or "Model"
     # The file name goes into a docstring and comments: escaped, no quote, backslash or newline can end them.
     file = escape(G.graph.get("file") or "<text>")
@@ -72,6 +74,10 @@ def emit(G: nx.DiGraph) -> str:
     src = HEADER.format(name=name, file=file) + "\n\n".join(sources) + ("\n\n" if sources else "")
     src += "".join(_render(k, taken) + "\n\n" for k in classes)
     src += _render(root, taken, extra=_share_lines(G))
+    if backend == "triton":
+        from codegen.emit_triton import NOTE, runtime_section
+
+        return src.replace('"""\n', f' {NOTE}"""\n', 1) + runtime_section(G, root.name)
     return src + f"\n\nModel = {root.name}\n"
 
 

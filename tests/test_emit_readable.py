@@ -12,6 +12,7 @@ import torch
 
 import archdsl
 from codegen.python_source import emit
+from test_codegen import randomize as _randomize
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted(p for p in (ROOT / "searchspaces" / "models").glob("*.arch") if p.stem != "metaformer")
@@ -25,12 +26,8 @@ def load(source: str) -> torch.nn.Module:
     return ns["Model"]()
 
 
-def randomize(module, seed=0, scale=0.02):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return module
+def randomize(module, seed=0, scale=0.02):  # small: layer scales of 1e-6 hide nothing, deep nets stay finite
+    return _randomize(module, seed, scale)
 
 
 def _graph(path: Path):
