@@ -34,3 +34,15 @@ def test_emitted_triton_module_is_the_in_memory_one(name, tmp_path):
     x = torch.randn(2, *G.nodes[G.graph["input"]]["shape"])
     with torch.no_grad():
         torch.testing.assert_close(emitted(x), tri(x), rtol=0, atol=0)
+
+
+def test_compile_command_emits_for_the_triton_backend(tmp_path, capsys):
+    from archdsl import cli
+
+    arch, out = "searchspaces/models/mnist1d_cnn.arch", tmp_path / "m.py"
+    assert cli.main(["compile", arch, "--backend", "triton", "-o", str(out)]) == 2  # the train graph has no kernels
+    assert "add --mode deploy" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["compile", arch, "--backend", "triton", "--mode", "deploy", "-o", str(out)]) == 0
+    ns: dict = {}
+    exec(compile(out.read_text(), str(out), "exec"), ns)
+    assert any(isinstance(m, TritonGroup) for m in ns["Model"]().modules())
