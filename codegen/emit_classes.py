@@ -21,7 +21,7 @@ from archdsl.frontend.names import EMITTED_GLOBALS
 from archdsl.ir.graph import inputs
 from archdsl.ir.modules import module_for
 from codegen.emit_exprs import Code, Leaf, Lit, Seq, class_ref, ident, literal, lowered_dtype
-from codegen.emit_scopes import _INDEXED, Scopes, Unit, forward_lines
+from codegen.emit_scopes import INDEXED, Scopes, Unit, forward_lines
 from codegen.torch_fx import as_function
 
 INLINE_MAX = 4  # children of a chain written in place as nn.Sequential(OrderedDict(...))
@@ -161,7 +161,7 @@ class Builder:
             local = ident(c.rsplit(".", 1)[-1])
             e = self.expr[c] if self.sc.is_scope(c) else \
                 self.fused(c) if self.G.nodes[c]["op"] == "fused" else self.leaf(c)
-            m = _INDEXED.match(local) if self.sc.is_scope(c) else None
+            m = INDEXED.match(local) if self.sc.is_scope(c) else None
             last = items[-1] if items else None
             if m and last and last[0] == "run" and last[1] == m.group(1) and \
                     int(m.group(2)) == last[2] + len(last[3]) and last[3][0].key() == e.key():

@@ -19,7 +19,7 @@ from codegen.emit_exprs import ident
 from codegen.torch_fx import as_function
 
 FUNCTIONS = ("add", "mul", "concat")  # as_function ops the forward writes as expressions
-_INDEXED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*?)([0-9]+)$")
+INDEXED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*?)([0-9]+)$")
 
 
 @dataclass
@@ -169,7 +169,7 @@ def _run(stmts, k) -> list:
     """The (base, index, variable) of the run of `v = self.base{i}(v)` statements starting at `stmts[k]`."""
     run = []
     for target, _, u, args in stmts[k:]:
-        m = _INDEXED.match(u.path) if u is not None and u.kind == "scope" else None
+        m = INDEXED.match(u.path) if u is not None and u.kind == "scope" else None
         if not m or target is None or args != [target]:
             break
         base, i = m.group(1), int(m.group(2))
