@@ -187,6 +187,11 @@ def cmd_compile(args) -> int:
     from codegen.python_source import emit
 
     out = output_file(args.output, "-o", keep=[args.file])  # before the work: a bad path should not cost a build
+    if args.backend == "triton":  # as archdsl.compile(backend="triton"): Triton takes large kernels itself
+        if args.mode != "deploy":
+            raise ArchError("--backend triton emits the deploy graph (its kernels are inference-only)",
+                            hint="add --mode deploy")
+        args.disable_pass = list(args.disable_pass) + ["select_kernels"]
     weights = output_file(args.weights, "--weights", keep=[args.file, out]) if args.weights is not None else None
     _deploy_mode(args)
     _, G = _load(args)
@@ -226,7 +231,7 @@ def cmd_compile(args) -> int:
     notice = simulated_notice(results or [])
     if notice:
         print(f"note: {notice}", file=sys.stderr)
-    source = emit(G)
+    source = emit(G, backend=args.backend)
     write(out, source, "-o")
     msg = f"wrote {out} ({len(source.splitlines())} lines)"
     if weights:
@@ -323,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
                    help="post-training quantization: run DATA (mnist1d, digits, npz(\"f.npz\"), f.npz) through "
                         "the int8 observers before deploying")
     c.add_argument("--calibrate-batches", type=int, default=10, metavar="N", help="batches of 64 (default 10)")
+    c.add_argument("--backend", choices=["torch", "triton"], default="torch",
+                   help="triton (with --mode deploy): the fused groups run as archdsl's Triton kernels, imported")
     _deploy_flags(c)
     c.set_defaults(fn=cmd_compile)
 

@@ -1,5 +1,5 @@
 """Backends: the torch.fx GraphModule (names, numerics against explicit torch code) and the emitted Python
-source (imports only torch/math, reproduces the outputs in a fresh process, never executes .arch strings)."""
+source (imports only torch, math and collections.OrderedDict, reproduces the outputs in a fresh process, never executes .arch strings)."""
 from __future__ import annotations
 
 import ast
@@ -202,6 +202,9 @@ VOL = "model vol() { input v[1, 4, 6, 6]\n conv(2, k = 3) >> avgpool(2) >> upsam
 PAYLOAD = "x'); __import__('pathlib').Path('PWNED').touch(); ('"
 
 
+ALLOWED_IMPORTS = {"torch", "math", "collections"}  # OrderedDict names the children of an nn.Sequential
+
+
 def _imports(source):
     roots = set()
     for node in ast.walk(ast.parse(source)):
@@ -221,12 +224,12 @@ def _code_names(source):
     return {t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.NAME}
 
 
-def test_emit_imports_only_torch_and_math():
+def test_emit_imports_only_torch_and_the_standard_library():
     source = emit(build(COVERAGE))
-    assert _imports(source) <= {"torch", "math"}
+    assert _imports(source) <= ALLOWED_IMPORTS
     for line in _import_lines(source):
-        assert line.strip() in ("import math", "import torch", "import torch.nn.functional as F",
-                                "from torch import nn"), line
+        assert line.strip() in ("import math", "from collections import OrderedDict", "import torch",
+                                "import torch.nn.functional as F", "from torch import nn"), line
     assert "archdsl" not in _code_names(source) and "codegen" not in _code_names(source)
     tree = ast.parse(source)
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
@@ -306,7 +309,7 @@ def test_strings_from_the_arch_file_only_appear_as_literals():
     assert PAYLOAD in source or repr(PAYLOAD) in source
     names = _code_names(source)
     assert "__import__" not in names and "PWNED" not in names and "touch" not in names
-    assert _imports(source) <= {"torch", "math"}
+    assert _imports(source) <= ALLOWED_IMPORTS
     strings = [ast.literal_eval(t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline)
                if t.type == tokenize.STRING and PAYLOAD[:5] in t.string]
     assert PAYLOAD in strings  # the whole payload is one repr'd string literal
@@ -327,7 +330,7 @@ def test_file_name_cannot_break_out_of_the_docstring(tmp_path):
     path.write_text("model evil() { input x[3]\n linear(2) }")
     source = emit(archdsl.build(archdsl.parse(path)))
     assert "os" not in _code_names(source) and "system" not in _code_names(source)
-    assert _imports(source) <= {"torch", "math"}
+    assert _imports(source) <= ALLOWED_IMPORTS
     ns: dict = {}
     exec(compile(source, "emitted", "exec"), ns)  # it is valid Python, and harmless
     assert ns["Model"]()(torch.randn(1, 3)).shape == (1, 2)

@@ -17,7 +17,7 @@ from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name, segment
 from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
-                                     checked_number, index, is_search_call, show, unknown_name)
+                                     checked_number, index, is_plain, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
 from archdsl.ops.registry import get_op, has_op, user_op_names
 
@@ -73,6 +73,7 @@ class Elaborator:
     # ----- entry
     def build(self, model: A.Definition) -> nx.DiGraph:
         self.G = new_graph(model.name, model.file)
+        self.G.graph["scopes"] = {}
         ctx = self._annotate(Ctx(refs={}), model.annotations, Frame(vars=CONSTANTS))
         frame = Frame(Frame(vars=CONSTANTS))
         for param in model.params:
@@ -142,6 +143,7 @@ class Elaborator:
             out = self._repeat(s.stmt, frame, ctx, current, label)
         else:
             sub = replace(ctx, path=ctx.path + (self._segment(ctx.path, label),))
+            self._scope(sub.path, "label", label, s.span)
             out = self._chain(s.stmt, frame, sub, current)
         ctx.refs[label] = out
         return out
@@ -162,6 +164,7 @@ class Elaborator:
             items = list(range(start, stop))
         for i, item in enumerate(items):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
+            self._scope(sub.path if label is not None else None, "for", label, s.span)
             frame.vars[s.var] = item
             current = self.run_body(s.body, frame, sub, current)
         return current
@@ -174,6 +177,7 @@ class Elaborator:
             raise ArchError(f"repeat {n} is more than {MAX_NODES} times", s.count.span, hint="check the repeat count")
         for i in range(n):
             sub = ctx if label is None else replace(ctx, path=ctx.path + (self._segment(ctx.path, f"{label}{i}"),))
+            self._scope(sub.path if label is not None else None, "repeat", label, s.span)
             current = self.run_body(s.body, frame, sub, current)
         return current
 
@@ -233,6 +237,7 @@ class Elaborator:
         if isinstance(value, Closure):
             if hint:  # `body = {...}` applied as `body`: its nodes live under `body.`
                 ctx = replace(ctx, path=ctx.path + (self._segment(ctx.path, hint),))
+                self._scope(ctx.path, "label", hint, value.span)
             return self.run_body(value.body, Frame(value.frame), ctx, current) or current
         if not isinstance(value, OpValue):
             raise ArchError(f"cannot apply {show(value)} to a tensor", span,
@@ -288,6 +293,7 @@ class Elaborator:
         frame = Frame(Frame(vars=CONSTANTS))
         self._bind_block(block, value, frame, inner, span)
         inner = self._annotate(inner, block.annotations, frame)
+        self._scope(inner.path, "block", block.name, block.span, {p.name: frame.vars[p.name] for p in block.params})
         out = self.run_body(block.body, frame, inner, current)
         self.depth -= 1
         return out if out is not None else current
@@ -414,6 +420,13 @@ class Elaborator:
         return f"{prefix + '.' if prefix else ''}{e.func}@{e.span.line}:{e.span.col}"
 
     # ----- names
+    def _scope(self, path, kind: str, name: str, span: Span | None, args: dict | None = None) -> None:
+        # what made a scope of names (a block call, a label, a loop iteration): emitted Python names classes so
+        if path:
+            self.G.graph["scopes"][".".join(path)] = dict(kind=kind, name=name, file=span.file if span else "",
+                                                          line=span.line if span else 0,
+                                                          args={k: v for k, v in (args or {}).items() if is_plain(v)})
+
     def _qual(self, ctx: Ctx, name: str) -> str:
         return ".".join(ctx.path + (name,))
 

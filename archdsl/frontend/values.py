@@ -171,3 +171,8 @@ def unknown_name(name: str, span: Span, candidates) -> ArchError:
 
 def is_search_call(expr) -> bool:
     return isinstance(expr, A.Call) and expr.func in SEARCH_FUNCTIONS
+
+
+def is_plain(v) -> bool:
+    """Whether a value is plain data (a number, string or list of them), as opposed to an op, block or tensor."""
+    return isinstance(v, (bool, int, float, str)) or isinstance(v, (list, tuple)) and all(map(is_plain, v))
