@@ -51,6 +51,20 @@ class CayleyConv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.ConvNd's init, as the official subclass
         self.alpha = nn.Parameter(self.weight.detach().norm().reshape(()))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._cached = None  # (key, spectrum) of the last inference call
+
+    def cached_spectrum(self, sizes):
+        """spectrum(sizes), computed once while the parameters stay the same: at inference (no autograd) the
+        Cayley transform is input-independent (the official CayleyLinear keeps its Q outside training too).
+        The key holds the parameters' version counters, which every in-place update (an optimiser step,
+        load_state_dict) advances."""
+        if self.training or torch.is_grad_enabled():
+            return self.spectrum(sizes)
+        params = (self.weight, self.alpha)
+        key = (tuple(sizes), tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.spectrum(sizes))
+        return self._cached[1]
 
     def spectrum(self, sizes):
         """The Cayley-transformed symbol Q(f), (bins..., out, in), for signals of these spatial sizes."""
@@ -70,7 +84,7 @@ class CayleyConv(nn.Module):
         sizes = tuple(x.shape[2:])
         dims = list(range(2, 2 + nd))
         xf = torch.fft.rfftn(x, dim=dims).movedim(1, -1).unsqueeze(-1)  # (N, bins..., in, 1)
-        yf = (self.spectrum(sizes) @ xf).squeeze(-1).movedim(-1, 1)
+        yf = (self.cached_spectrum(sizes) @ xf).squeeze(-1).movedim(-1, 1)
         y = torch.fft.irfftn(yf, s=sizes, dim=dims)
         if self.bias is not None:
             y = y + self.bias.reshape(-1, *([1] * nd))

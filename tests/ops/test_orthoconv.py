@@ -87,3 +87,24 @@ def test_kernel_larger_than_input_is_refused():
 
     err = shape_error("orthoconv", {"k": 7}, (3, 5, 9))
     assert "smaller kernel" in err.hint and "[3, 5, 9]" in err.message
+
+
+def test_inference_reuses_the_spectrum_until_the_parameters_change():
+    _, _, m = build("orthoconv", {"k": 3}, (3, 6, 6))
+    x = torch.randn(2, 3, 6, 6)
+    m.eval()
+    with torch.no_grad():
+        y0 = m(x)
+        cached = m._cached[1]
+        assert torch.equal(m(x), y0) and m._cached[1] is cached  # reused
+        m.weight.mul_(1.5)  # an in-place update, as an optimiser step
+        m.alpha.add_(0.3)
+        y1 = m(x)
+    assert m._cached[1] is not cached
+    torch.testing.assert_close(y1, m.train()(x).detach())  # the uncached computation
+    m.eval()
+    with torch.no_grad():
+        m.load_state_dict({k: v * 0.5 if k == "alpha" else v for k, v in m.state_dict().items()})
+        y2 = m(x)
+    torch.testing.assert_close(y2, orthoconv_reference(m, x).float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(y2, y1)
