@@ -30,6 +30,7 @@ ENTRIES = [
     ("deform(64, k = 3, groups = 64, max_offset = 1.0)", "dwconv(3)", False),
     ("bcos(64, k = 3)", "conv(64, k = 3)", False),
     ("orthoconv(3)", "conv(64, k = 3)", False),
+    ("arconv(3)", "conv(64, k = 3)", False),
     ("tdconv(64, k = 3, rank = 16)", "conv(64, k = 3)", False),
     ("tdconv(64, k = 3, rank = 16, form = \"tucker\")", "conv(64, k = 3)", False),
     ("sparsepw(64, sparsity = 0.9)", "conv(64, k = 1)", False),
