@@ -31,6 +31,7 @@ ENTRIES = [
     ("bcos(64, k = 3)", "conv(64, k = 3)", False),
     ("orthoconv(3)", "conv(64, k = 3)", False),
     ("arconv(3)", "conv(64, k = 3)", False),
+    ("fdconv(64, k = 3)", "conv(64, k = 3)", False),
     ("cconv(32, k = 3)", "conv(64, k = 3)", False),  # 32 complex channels = 64 planes
     ("tdconv(64, k = 3, rank = 16)", "conv(64, k = 3)", False),
     ("tdconv(64, k = 3, rank = 16, form = \"tucker\")", "conv(64, k = 3)", False),

@@ -20,7 +20,7 @@ POINTS = [pytest.param({name: value}, id=f"{name}={value}") for name, dim in DIM
 
 def test_the_space_offers_every_new_convolution():
     mixers = " ".join(DIMS["mixer1"].labels + DIMS["mixer2"].labels)
-    for op in ("deform", "bcos", "orthoconv", "arconv", "tdconv", "max_offset", "tucker"):
+    for op in ("deform", "bcos", "orthoconv", "arconv", "fdconv", "tdconv", "max_offset", "tucker"):
         assert op in mixers
     assert any("sparsepw" in label for label in DIMS["fc"].labels)
     assert {"rank", "sparsity", "b"} <= set(DIMS)

@@ -1,0 +1,66 @@
+"""fdconv: the frequency bands partition the spectrum, the disjoint weights add up to the kernel they came from,
+the per-sample kernel is the mixture times the three modulations; exact gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from archdsl.ops.fdconv import _ref_bands, frequency_bands
+from tests.ops.op_testing import build, check_examples, shape_error
+
+
+@pytest.mark.parametrize("rows,cols,bands", [(4, 27, 4), (5, 9, 3), (8, 72, 2)])
+def test_bands_partition_the_grid_lowest_first(rows, cols, bands):
+    masks = frequency_bands(rows, cols, bands)
+    assert torch.equal(masks.sum(0), torch.ones(rows, cols // 2 + 1))
+    torch.testing.assert_close(masks.double(), _ref_bands(rows, cols, bands))
+    assert masks[0, 0, 0] == 1  # the zero frequency is in the first band
+    sizes = masks.flatten(1).sum(1)
+    assert sizes.max() - sizes.min() <= 1
+
+
+def test_disjoint_weights_add_up_to_the_initial_kernel():
+    torch.manual_seed(0)
+    _, _, m = build("fdconv", {"out": 4, "k": 3, "kernels": 3}, (3, 6, 6), perturb=0.0)
+    m = m.double()
+    whole = torch.fft.irfft2(torch.view_as_complex(m.spectrum), s=(4, 27)).reshape(4, 3, 3, 3)
+    torch.testing.assert_close(m.disjoint_weights().sum(0), whole)
+    assert all(w.abs().sum() > 0 for w in m.disjoint_weights())
+
+
+def test_unit_modulations_leave_the_mixture():
+    _, _, m = build("fdconv", {"out": 4, "k": 3, "kernels": 2}, (3, 6, 7))
+    m = m.double()
+    with torch.no_grad():
+        for head in (m.channel_fc, m.filter_fc, m.spatial_fc):
+            head.weight.zero_()
+            head.bias.zero_()  # sigmoid(0) * 2 = 1
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64)
+    h = F.relu(m.fc(x.flatten(2).mean(2)))
+    mix = torch.sigmoid(m.kernel_fc(h)) * 2 / 2
+    w = m.disjoint_weights()
+    for b in range(2):
+        kern = mix[b, 0] * w[0] + mix[b, 1] * w[1]
+        torch.testing.assert_close(m(x)[b:b + 1], F.conv2d(x[b:b + 1], kern, m.bias, padding=1))
+
+
+def test_gradcheck():
+    _, _, m = build("fdconv", {"out": 2, "k": 3, "kernels": 2}, (2, 5, 4))
+    m = m.double()
+    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *ps):
+        return torch.func.functional_call(m, dict(zip(names, ps)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *m.parameters()))
+
+
+def test_examples_agree_with_modules():
+    check_examples("fdconv")
+
+
+def test_too_many_groups_for_the_kernel_are_refused():
+    err = shape_error("fdconv", {"out": 1, "k": 1, "kernels": 4}, (2, 5, 5))
+    assert "fewer kernels" in err.hint and "[2, 5, 5]" in err.message
