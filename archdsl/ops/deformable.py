@@ -5,7 +5,7 @@ Zhu et al., "Deformable ConvNets v2: More Deformable, Better Results" (CVPR 2019
 offset (one per spatial dim) and a modulation scalar (sigmoid) for each kernel tap; the input is sampled at
 ``position + tap * dilation + offset`` by bilinear interpolation (linear in 1-D), zero outside the input (the
 official kernel's boundary rule), multiplied by the modulation, and contracted with the kernel. The offset conv
-starts at zero (offsets 0, modulation 0.5), as in DCNv2. Written with gathers in torch only: no torchvision.
+starts at zero (offsets 0, modulation 0.5), as in DCNv2. Written in torch only (F.grid_sample): no torchvision.
 
 ``max_offset`` > 0 is the limited-range variant of "Algorithm-hardware Co-design for Deformable Convolution"
 (Huang et al. 2021): offsets are clipped to [-max_offset, max_offset] so every sample stays in a window of known
@@ -70,19 +70,17 @@ class DeformConv(nn.Module):
         nd, g = len(sizes), self.offset_groups
         positions, mask, out_sizes = self.sampling(x)
         taps, length = positions.shape[2], positions.shape[-1]
-        flat_x = x.reshape(n, g, c // g, -1)
-        cols = x.new_zeros(n, g, c // g, taps * length)
-        low = positions.detach().floor()
-        for corner in range(2 ** nd):  # bit d of `corner`: the lower or upper neighbour along dim d
-            weight, index, inside = 1.0, 0, True
-            for d in range(nd):
-                idx = low[:, :, :, d] + ((corner >> d) & 1)
-                weight = weight * (1 - (positions[:, :, :, d] - idx).abs())
-                inside = inside & (idx >= 0) & (idx <= sizes[d] - 1)
-                index = index * sizes[d] + idx.clamp(0, sizes[d] - 1).long()
-            weight = weight * inside
-            picked = flat_x.gather(3, index.reshape(n, g, 1, -1).expand(-1, -1, c // g, -1))
-            cols = cols + picked * weight.reshape(n, g, 1, -1)
+        # Bilinear sampling by grid_sample (zeros outside, differentiable in the positions) on the input padded
+        # by one zero all round: a size-1 dim then still has two grid points to normalise by, and the zero
+        # border is what lies outside. A 1-D input is a 2-D one of height 1 sampled on its middle row.
+        planes = x.reshape(n * g, c // g, *([1] if nd == 1 else []), *sizes)
+        planes = F.pad(planes, (1, 1, 1, 1))
+        rows, cols_ = planes.shape[-2:]
+        py = positions[:, :, :, 0] + 1 if nd == 2 else torch.ones_like(positions[:, :, :, 0])
+        px = positions[:, :, :, -1] + 1
+        grid = torch.stack([px * (2 / (cols_ - 1)) - 1, py * (2 / (rows - 1)) - 1], -1)
+        cols = F.grid_sample(planes, grid.reshape(n * g, taps, length, 2), mode="bilinear", padding_mode="zeros",
+                             align_corners=True).reshape(n, g, c // g, taps * length)
         if mask is not None:
             cols = cols * mask.reshape(n, g, 1, -1)
         gw = self.groups
