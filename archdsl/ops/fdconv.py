@@ -12,9 +12,14 @@ per-input-channel, per-output-channel and per-tap factors (each sigmoid * 2); th
     W_b = (sum_i a_bi W_i) * channel_b[in] * filter_b[out] * spatial_b[tap],
 applied as one grouped conv over the batch. A = max(in // 16, 16) as officially (reduction 0.0625).
 
-Not modelled (say so rather than approximate): the official local KSM (a 1-D conv across channels), the
-BatchNorm + StarReLU of the attention branch (a ReLU here) and Frequency Band Modulation (bands of the feature
-map modulated by content-dependent spatial maps).
+Frequency Band Modulation (``fbm``, the official FrequencyBandModulation with its defaults k_list = [2, 4, 8]):
+before the conv, the input is split by its (orthonormal) rfft into bands with max_d |f_d| < 0.5 / k, each band
+above the next one multiplied by its own spatial map sigmoid(conv3x3(x) -> 1 channel) * 2 (init ~0: maps of 1),
+the lowest band left as it is, and the bands summed. The official code interpolates masks made at 64 x 64 to
+the input's size; here they are computed at the input's size.
+
+Not modelled (say so rather than approximate): the official local KSM (a 1-D conv across channels) and the
+BatchNorm + StarReLU of the attention branch (a ReLU here).
 """
 from __future__ import annotations
 
@@ -27,10 +32,19 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
-from archdsl.ops.mixers_freq import _ref_irfftn
-from archdsl.ops.references import ref_sigmoid
+from archdsl.ops.mixers_freq import _ref_irfftn, _ref_rfftn
+from archdsl.ops.references import kernel_offsets, ref_sigmoid
 from archdsl.ops.registry import Attr, op, positive
 from archdsl.ops.shapes import conv_out, need_spatial, numel
+
+
+def band_masks(sizes, scales) -> torch.Tensor:
+    """(len(scales), *rfft grid) 0/1 masks: bins with max_d |f_d| < 0.5 / k (FBM's nested low-pass bands)."""
+    freqs = [torch.fft.fftfreq(n, dtype=torch.float64) for n in sizes[:-1]]
+    freqs.append(torch.fft.rfftfreq(sizes[-1], dtype=torch.float64))
+    grids = torch.meshgrid(*freqs, indexing="ij")
+    top = torch.stack([g.abs() for g in grids]).amax(0)
+    return torch.stack([(top < 0.5 / k + 1e-8).double() for k in scales])
 
 
 def frequency_bands(rows: int, cols: int, bands: int) -> torch.Tensor:
@@ -48,9 +62,10 @@ def frequency_bands(rows: int, cols: int, bands: int) -> torch.Tensor:
 class FrequencyDynamicConv(nn.Module):
     """FDConv over 1-3 spatial dims (see the module docstring)."""
 
-    _emit_deps = (frequency_bands,)
+    _emit_deps = (frequency_bands, band_masks)
+    scales = (2, 4, 8)  # FBM's k_list: band edges at 1/2, 1/4, 1/8 of the Nyquist frequency
 
-    def __init__(self, in_channels, out_channels, kernel_size, kernels=4, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, kernels=4, stride=1, padding=0, bias=True, fbm=True):
         super().__init__()
         self.kernel_size, self.stride, self.padding = tuple(kernel_size), tuple(stride), tuple(padding)
         self.kernels, self.out_channels, self.in_channels = kernels, out_channels, in_channels
@@ -67,6 +82,25 @@ class FrequencyDynamicConv(nn.Module):
         self.filter_fc = nn.Linear(hidden, out_channels)
         self.spatial_fc = nn.Linear(hidden, taps)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.fbm = None
+        if fbm:
+            conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[len(self.kernel_size) - 1]
+            self.fbm = nn.ModuleList([conv(in_channels, 1, 3, padding=1) for _ in self.scales])
+            for m in self.fbm:  # official init 'zero': maps of sigmoid(0) * 2 = 1, FBM starts as the identity
+                nn.init.normal_(m.weight, std=1e-6)
+                nn.init.zeros_(m.bias)
+
+    def band_modulation(self, x):
+        """FBM: the input's frequency bands, each above the lowest times its own spatial map, summed."""
+        dims = list(range(2, x.dim()))
+        spectrum = torch.fft.rfftn(x, dim=dims, norm="ortho")
+        masks = band_masks(tuple(x.shape[2:]), self.scales).to(x.dtype).to(x.device)
+        rest, out = x, 0
+        for mask, conv in zip(masks, self.fbm):
+            low = torch.fft.irfftn(spectrum * mask, s=x.shape[2:], dim=dims, norm="ortho")
+            out = out + torch.sigmoid(conv(x)) * 2 * (rest - low)
+            rest = low
+        return out + rest
 
     def disjoint_weights(self):
         """The n frequency-disjoint kernels, (n, out, in, *k)."""
@@ -89,10 +123,15 @@ class FrequencyDynamicConv(nn.Module):
     def forward(self, x):
         n, c = x.shape[:2]
         kern = self.sample_kernels(x)
+        if self.fbm is not None:
+            x = self.band_modulation(x)
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.kernel_size) - 1]
         y = conv(x.reshape(1, n * c, *x.shape[2:]), kern.flatten(0, 1), None, self.stride, self.padding, 1, n)
         y = y.reshape(n, self.out_channels, *y.shape[2:])
         return y if self.bias is None else y + self.bias.reshape(-1, *([1] * len(self.kernel_size)))
+
+
+FBM_SCALES = FrequencyDynamicConv.scales
 
 
 def _pads(a):
@@ -121,7 +160,8 @@ def _params(a, ins):
     h = _hidden(c)
     spectrum = 2 * a.out * (c * taps // 2 + 1)  # real and imaginary parts of the rfft2 grid
     heads = c * h + (h * a.kernels + a.kernels) + (h * c + c) + (h * a.out + a.out) + (h * taps + taps)
-    return spectrum + heads + (a.out if a.bias else 0)
+    fbm = len(FBM_SCALES) * (c * 3 ** len(a.k) + 1) if a.fbm else 0  # one 3^d conv in -> 1 map per band
+    return spectrum + heads + (a.out if a.bias else 0) + fbm
 
 
 def _macs(a, ins, out_shape):
@@ -130,12 +170,14 @@ def _macs(a, ins, out_shape):
     c, taps = ins[0][0], math.prod(a.k)
     h = _hidden(c)
     heads = c * h + h * (a.kernels + c + a.out + taps)
-    return numel(out_shape) * c * taps + heads + a.kernels * a.out * c * taps
+    fbm = len(FBM_SCALES) * numel(ins[0][1:]) * c * 3 ** len(a.k) if a.fbm else 0  # the band maps' convs
+    return numel(out_shape) * c * taps + heads + a.kernels * a.out * c * taps + fbm
 
 
 def _torch(a, ins):
     return FrequencyDynamicConv, dict(in_channels=ins[0][0], out_channels=a.out, kernel_size=tuple(a.k),
-                                      kernels=a.kernels, stride=tuple(a.stride), padding=tuple(_pads(a)), bias=a.bias)
+                                      kernels=a.kernels, stride=tuple(a.stride), padding=tuple(_pads(a)), bias=a.bias,
+                                      fbm=a.fbm)
 
 
 def _ref_bands(rows, cols, bands):
@@ -154,6 +196,27 @@ def _ref_bands(rows, cols, bands):
     return masks.reshape(bands, rows, half)
 
 
+def _ref_band_modulation(m, x):
+    """FBM with explicit DFT matrices, masks by a loop over the bins, maps by the conv reference."""
+    sizes = tuple(x.shape[2:])
+    nd = len(sizes)
+    spectrum = _ref_rfftn(x, nd)
+    half = sizes[:-1] + (sizes[-1] // 2 + 1,)
+    rest, out = x, 0
+    for k, conv in zip(FBM_SCALES, m.fbm):
+        mask = torch.zeros(half, dtype=torch.float64)
+        for idx in kernel_offsets(half):
+            f = [(i if i <= (n - 1) // 2 else i - n) / n for i, n in zip(idx[:-1], sizes[:-1])]
+            f.append(idx[-1] / sizes[-1])
+            mask[idx] = 1.0 if max(abs(v) for v in f) < 0.5 / k + 1e-8 else 0.0
+        low = _ref_irfftn(spectrum * mask, sizes)
+        mp = types.SimpleNamespace(weight=conv.weight, bias=conv.bias, padding=(1,) * nd, groups=1,
+                                   kernel_size=(3,) * nd, stride=(1,) * nd, dilation=(1,) * nd)
+        out = out + ref_sigmoid(conv_reference(mp, x)) * 2 * (rest - low)
+        rest = low
+    return out + rest
+
+
 def fdconv_reference(m, x):
     """Disjoint weights by explicit inverse DFT matrices, the attention branch by its formulas, each sample by
     the conv reference (float64)."""
@@ -167,6 +230,8 @@ def fdconv_reference(m, x):
         return y + layer.bias.double() if layer.bias is not None else y
 
     h = lin(m.fc, x.flatten(2).mean(2)).clamp(min=0)
+    if m.fbm is not None:
+        x = _ref_band_modulation(m, x)
     mix = ref_sigmoid(lin(m.kernel_fc, h)) * 2 / m.kernels
     ch, fi, sp = (ref_sigmoid(lin(f, h)) * 2 for f in (m.channel_fc, m.filter_fc, m.spatial_fc))
     out = []
@@ -187,9 +252,12 @@ op("fdconv",
    Attr("stride", "ints", 1, check=positive),
    Attr("padding", "ints", None, doc="default k // 2"),
    Attr("bias", "bool", True),
+   Attr("fbm", "bool", True, doc="frequency band modulation of the input (bands 1/2, 1/4, 1/8 of Nyquist)"),
    shape=_shape, params=_params, macs=_macs, torch=_torch, reference=fdconv_reference, category="mixer",
    precisions=("fp32",),
    doc="Frequency dynamic convolution (Chen et al. 2025): n frequency-disjoint weights from one Fourier-domain "
        "budget, mixed and spatially modulated per sample (kernel spatial modulation).",
-   examples=(({"out": 4, "k": 3}, [(3, 7, 6)]), ({"out": 5, "k": 3, "kernels": 2, "stride": 2}, [(4, 11)]),
-             ({"out": 3, "k": [3, 1], "kernels": 3, "bias": False}, [(2, 6, 5)])))
+   # sizes of 9 and more: every FBM band (1/2, 1/4, 1/8 of Nyquist) holds a frequency, so every map learns
+   examples=(({"out": 4, "k": 3}, [(3, 10, 9)]), ({"out": 5, "k": 3, "kernels": 2, "stride": 2}, [(4, 11)]),
+             ({"out": 3, "k": [3, 1], "kernels": 3, "bias": False, "fbm": False}, [(2, 6, 5)]),
+             ({"out": 2, "k": 3, "kernels": 2, "fbm": False}, [(3, 9)])))

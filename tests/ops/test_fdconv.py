@@ -30,7 +30,7 @@ def test_disjoint_weights_add_up_to_the_initial_kernel():
 
 
 def test_unit_modulations_leave_the_mixture():
-    _, _, m = build("fdconv", {"out": 4, "k": 3, "kernels": 2}, (3, 6, 7))
+    _, _, m = build("fdconv", {"out": 4, "k": 3, "kernels": 2, "fbm": False}, (3, 6, 7))
     m = m.double()
     with torch.no_grad():
         for head in (m.channel_fc, m.filter_fc, m.spatial_fc):
@@ -45,10 +45,25 @@ def test_unit_modulations_leave_the_mixture():
         torch.testing.assert_close(m(x)[b:b + 1], F.conv2d(x[b:b + 1], kern, m.bias, padding=1))
 
 
-def test_gradcheck():
-    _, _, m = build("fdconv", {"out": 2, "k": 3, "kernels": 2}, (2, 5, 4))
+def test_band_modulation_is_the_identity_at_init_and_splits_the_spectrum():
+    _, _, m = build("fdconv", {"out": 2, "k": 3}, (3, 16, 12), perturb=0.0)
     m = m.double()
-    x = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+    torch.testing.assert_close(m.band_modulation(x), x, atol=1e-4, rtol=0)  # maps of sigmoid(~0) * 2 = 1
+    with torch.no_grad():
+        m.fbm[0].bias.fill_(-50.0)  # the top band's map -> 0: the result is x low-passed below 1/4 cycle
+    low = m.band_modulation(x)
+    spec = torch.fft.rfft2(low)
+    fy = torch.fft.fftfreq(16, dtype=torch.float64)[:, None].abs()
+    fx = torch.fft.rfftfreq(12, dtype=torch.float64)[None, :]
+    assert spec[..., torch.maximum(fy, fx) > 0.25 + 1e-6].abs().max() < 1e-4  # the band edge 0.25 is kept
+    assert spec[..., torch.maximum(fy, fx) <= 0.25].abs().max() > 1
+
+
+def test_gradcheck():
+    _, _, m = build("fdconv", {"out": 2, "k": 3, "kernels": 2}, (2, 9, 10))
+    m = m.double()
+    x = torch.randn(1, 2, 9, 10, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in m.named_parameters()]
 
     def f(x, *ps):
