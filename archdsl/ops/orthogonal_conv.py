@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
+from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, op, positive
 from archdsl.ops.shapes import need_spatial
 
@@ -131,22 +132,13 @@ def circular_operator(weight, sizes) -> torch.Tensor:
     cout, cin, *ks = w.shape
     npos = math.prod(sizes)
     m = torch.zeros(cout, npos, cin, npos, dtype=torch.float64)
-    positions = list(_grid(sizes))
+    positions = list(kernel_offsets(sizes))
     index = {pos: i for i, pos in enumerate(positions)}
     for i, pos in enumerate(positions):
-        for tap in _grid(ks):
+        for tap in kernel_offsets(ks):
             src = tuple((n + p - (k - 1) // 2) % s for n, p, k, s in zip(pos, tap, ks, sizes))
             m[:, i, :, index[src]] += w[(slice(None), slice(None), *tap)]
     return m.reshape(cout * npos, cin * npos)
-
-
-def _grid(sizes):
-    if not sizes:
-        yield ()
-        return
-    for i in range(sizes[0]):
-        for rest in _grid(sizes[1:]):
-            yield (i, *rest)
 
 
 def _dense_cayley(m, cin_rows):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from archdsl.ops.bcos import bcos_reference
-from tests.ops.op_testing import build, check_examples, shape_error
+from tests.ops.op_testing import build, check_examples, gradcheck_module, shape_error
 
 CASES = [
     ({"out": 4, "k": 3}, (3, 7, 6)),
@@ -62,12 +62,7 @@ def test_gradcheck(attrs, shape):
     _, _, m = build("bcos", attrs, shape)
     m = m.double()
     x = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
-    names = [n for n, _ in m.named_parameters()]
-
-    def f(x, *ps):
-        return torch.func.functional_call(m, dict(zip(names, ps)), (x,))
-
-    assert torch.autograd.gradcheck(f, (x, *m.parameters()))
+    assert gradcheck_module(m, x)
 
 
 def test_examples_agree_with_modules():

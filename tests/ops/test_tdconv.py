@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import archdsl
 from archdsl.ir.graph import totals
-from tests.ops.op_testing import build, check_examples, shape_error
+from tests.ops.op_testing import build, check_examples, gradcheck_module, shape_error
 
 
 def test_cp_kernel_is_a_sum_of_one_way_filter_products():
@@ -64,12 +64,7 @@ def test_gradcheck(attrs, shape):
     _, _, m = build("tdconv", attrs, shape)
     m = m.double()
     x = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
-    names = [n for n, _ in m.named_parameters()]
-
-    def f(x, *ps):
-        return torch.func.functional_call(m, dict(zip(names, ps)), (x,))
-
-    assert torch.autograd.gradcheck(f, (x, *m.parameters()))
+    assert gradcheck_module(m, x)
 
 
 def test_examples_agree_with_modules():
