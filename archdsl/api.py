@@ -45,9 +45,9 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     from codegen.compiled import to_graph_module
 
     module = to_graph_module(G)
-    if mode == "deploy":  # Triton's depthwise kernel takes large kernels itself: no FFT swap for it
+    if mode == "deploy":  # Triton takes large depthwise kernels itself; the CSR 1x1 kernel is a CPU choice
         calibrate(module)
-        module = module.deploy(disable=("select_kernels",) if backend == "triton" else ())
+        module = module.deploy(disable=("select_kernels", "sparse_kernels") if backend == "triton" else ())
     if backend == "triton":
         from codegen.triton.lower import lower_module
 

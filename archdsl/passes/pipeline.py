@@ -25,6 +25,7 @@ from archdsl.passes.lower_precision import lower_precision
 from archdsl.passes.reparam_branches import reparam_branches
 from archdsl.passes.result import PassResult
 from archdsl.passes.select_kernels import select_kernels
+from archdsl.passes.sparse_kernels import sparse_kernels
 from archdsl.passes.weights import check_weights
 
 DEPLOY_PIPELINE = [
@@ -36,6 +37,7 @@ DEPLOY_PIPELINE = [
     fold_grn_bias,         # grn >> linear -> grn(bias = false) >> linear (bias + W beta)
     cse,                   # f(x) twice -> once
     select_kernels,        # large depthwise conv -> dwconv_cl (channels-last, oneDNN)
+    sparse_kernels,        # magnitude-pruned 1x1 conv -> CSR matmul when sparse enough, else dense conv
     lower_precision,       # bf16/fp16 -> that dtype + casts; int8 -> int8 kernels or quantize-dequantize
     group_fusion,          # conv/linear/norm + elementwise epilogue -> fused
 ]

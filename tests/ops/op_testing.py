@@ -57,3 +57,13 @@ def check_examples(name):
         if s.flop_counter_exact:
             assert flops_macs(m, x) == s.macs(a, [tuple(ins[0])], out)
 
+
+
+def gradcheck_module(module, x) -> bool:
+    """torch.autograd.gradcheck of a float64 module's output with respect to its input and every parameter."""
+    names = [n for n, _ in module.named_parameters()]
+
+    def f(x, *params):
+        return torch.func.functional_call(module, dict(zip(names, params)), (x,))
+
+    return torch.autograd.gradcheck(f, (x, *module.parameters()))

@@ -16,7 +16,7 @@ from archdsl.ir.printer import dump
 from archdsl.passes import DEPLOY_PIPELINE, PassResult, pipeline, run_pipeline, split_state
 
 NAMES = ["eliminate_identities", "fold_kernels", "reparam_branches", "fold_bn", "fold_affine", "fold_grn_bias", "cse",
-         "select_kernels", "lower_precision",
+         "select_kernels", "sparse_kernels", "lower_precision",
          "group_fusion"]
 SRC = """model t(classes = 5) { input x[4, 10, 10]
   conv(8, k = 3, bias = false) >> bn >> relu >> dropout(0.1)
@@ -47,7 +47,7 @@ def test_dump_dir_gets_one_file_per_pass(tmp_path):
     D, _, _ = run_pipeline(G, None, dump_dir=tmp_path / "ir", log=lines.append)
     files = sorted(p.name for p in (tmp_path / "ir").iterdir())
     assert files == [f"{i:02d}_{n}.ir" for i, n in enumerate(NAMES, 1)]
-    assert (tmp_path / "ir" / "10_group_fusion.ir").read_text() == dump(D)
+    assert (tmp_path / "ir" / "11_group_fusion.ir").read_text() == dump(D)
     assert sum(line.startswith(tuple(NAMES)) for line in lines) == len(NAMES)
 
 

@@ -1,0 +1,64 @@
+"""searchspaces/image2d_seedconvs.arch: every option of every dimension builds, compiles (in memory and as emitted
+Python source), trains a step and runs; deployed, each computes what the trained module does."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import archdsl
+from codegen.python_source import emit
+from tests.test_searchspaces import ROOT, _dims, _options, _run
+
+FILE = "image2d_seedconvs.arch"
+SHAPE = (1, 8, 8)
+PROGRAM = archdsl.parse(ROOT / FILE)
+DIMS = _dims(PROGRAM, {})
+POINTS = [pytest.param({name: value}, id=f"{name}={value}") for name, dim in DIMS.items() for value in _options(dim)]
+
+
+def test_the_space_offers_every_new_convolution():
+    mixers = " ".join(DIMS["mixer1"].labels + DIMS["mixer2"].labels)
+    for op in ("deform", "bcos", "orthoconv", "arconv", "fdconv", "tdconv", "max_offset", "tucker"):
+        assert op in mixers
+    assert any("sparsepw" in label for label in DIMS["fc"].labels)
+    assert {"rank", "sparsity", "b"} <= set(DIMS)
+
+
+def _emitted(G, tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(emit(G))
+    spec = importlib.util.spec_from_file_location(f"seedconv_{abs(hash(str(tmp_path)))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Model()
+
+
+@pytest.mark.parametrize("overrides", POINTS)
+def test_every_option_builds_compiles_and_runs(overrides, tmp_path):
+    G = _run(PROGRAM, SHAPE, overrides)
+    torch.manual_seed(0)
+    module = archdsl.compile(G).double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, *SHAPE, dtype=torch.float64)
+    module.train()(x)  # BatchNorm statistics off their init
+    module.eval()
+    with torch.no_grad():
+        want = module(x)
+        emitted = _emitted(G, tmp_path).double().eval()
+        emitted.load_state_dict(module.state_dict())
+        torch.testing.assert_close(emitted(x), want)
+        deployed = module.deploy()
+        torch.testing.assert_close(deployed(x), want, rtol=1e-9, atol=1e-10)
+
+
+def test_sparse_mlp_deploys_to_the_kernel_the_threshold_picks():
+    for sparsity, csr in ((0.9, True), (0.7, False)):
+        G = archdsl.build(PROGRAM, fc="sparsepw(sparsity = sparsity)", sparsity=sparsity, depth1=1, depth2=1)
+        d = archdsl.compile(G, mode="deploy")
+        res = next(r for r in d.pass_results if r.name == "sparse_kernels")
+        assert (len(res.changed), len(res.declined)) == ((2, 0) if csr else (0, 2))
+        assert sum(d.archdsl_ir.nodes[n]["op"] == "sparsepw_csr" for n in d.archdsl_ir) == (2 if csr else 0)
