@@ -11,9 +11,15 @@ pass chose (the observer of the input the next int8 node trained with), with the
              requantize=False: a float32 result on (N, C)              F.linear on the dequantized operands
     qadd     residual add of two quantized tensors                     torch.ops.quantized.add[_relu]
 
-A float input is quantized on entry with the node's input scale and zero point (a region's first node);
-``dequantize=True`` returns a float result in the input's dtype (registry examples; quantized inputs give
-float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
+A float input is quantized on entry with the node's input scale and zero point (a region's first node); a
+quantized input whose grid reaches past that range (a wider reader chose it) is requantized onto it, as QAT
+clipped there. ``dequantize=True`` returns a float result in the input's dtype (registry examples; quantized
+inputs give float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
+
+Exactness comes first: on a CPU whose quantized conv / linear kernels saturate (fbgemm without AVX-512 VNNI
+sums uint8 x int8 pairs in int16; `_QuantizedOp.kernels_exact` probes it once per process) qconv and qlinear
+compute QAT's float32 arithmetic on the dequantized operands instead and requantize the result: the same
+numbers at fp32 speed, rather than outputs off by tens of levels.
 
 Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
 weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call).
