@@ -139,7 +139,7 @@ def main(argv=None) -> None:
     print(f"quantized kernels exact here: {_QuantizedOp.kernels_exact()}; engine {torch.backends.quantized.engine}; "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {args.threads} thread(s)")
     if args.kernels_as_is:
-        _QuantizedOp._exact = True
+        _QuantizedOp._exact[torch.backends.quantized.engine] = True
     ours, peer, x = build(args.model, args.size, args.batch)
     with torch.inference_mode():
         for m in (ours, peer):

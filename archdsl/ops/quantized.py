@@ -55,7 +55,7 @@ class _QuantizedOp(nn.Module):
     packed weights built from ``qweight`` / ``wscale`` / ``bias`` when they change."""
 
     _frozen_weights = ("qweight", "bias")  # trained weights held as buffers: counted as parameters
-    _exact = None  # whether this CPU's int8 conv / linear kernels are exact: probed once per process
+    _exact: dict = {}  # quantized engine -> whether its int8 conv / linear are exact here (probed once)
     _emit_deps = (_quantize,)
 
     @staticmethod
@@ -65,17 +65,22 @@ class _QuantizedOp(nn.Module):
         full-range uint8 activations, what QAT trains, come out wrong by up to tens of levels (torch.ao's x86
         recipe avoids it with 7-bit activations, `reduce_range`). Probed with the worst case: every level 255,
         every weight 127, 64 channels; exact 2,072,640 -> level 207 on a 10,000 grid, saturated 105."""
-        if _QuantizedOp._exact is None:
+        engine = torch.backends.quantized.engine
+        if engine not in _QuantizedOp._exact:
             ones = torch.ones(1, dtype=torch.double)
             w = torch.quantize_per_channel(torch.full((1, 64), 127.0), ones, torch.zeros(1, dtype=torch.long), 0,
                                            torch.qint8)
             x = torch.quantize_per_tensor(torch.full((1, 64), 255.0), 1.0, 0, torch.quint8)
-            conv = torch.ops.quantized.conv2d_prepack(w.reshape(1, 64, 1, 1), None, [1, 1], [0, 0], [1, 1], 1)
-            lin = torch.ops.quantized.linear_prepack(w, None)
-            y = (torch.ops.quantized.conv2d(x.reshape(1, 64, 1, 1), conv, 1e4, 0),
-                 torch.ops.quantized.linear(x, lin, 1e4, 0))
-            _QuantizedOp._exact = all(int(t.int_repr().flatten()[0]) == 207 for t in y)
-        return _QuantizedOp._exact
+            try:
+                conv = torch.ops.quantized.conv2d_prepack(w.reshape(1, 64, 1, 1), None, [1, 1], [0, 0], [1, 1], 1)
+                lin = torch.ops.quantized.linear_prepack(w, None)
+                y = (torch.ops.quantized.conv2d(x.reshape(1, 64, 1, 1), conv, 1e4, 0),
+                     torch.ops.quantized.linear(x, lin, 1e4, 0))
+                exact = all(int(t.int_repr().flatten()[0]) == 207 for t in y)
+            except RuntimeError:  # an engine without per-channel conv / linear: the float path runs anywhere
+                exact = False
+            _QuantizedOp._exact[engine] = exact
+        return _QuantizedOp._exact[engine]
 
     def __init__(self, weight_shape, bias, relu, dequantize):
         super().__init__()
