@@ -104,30 +104,31 @@ def state_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values() if torch.is_tensor(t))
 
 
-def bench(file: Path, batch: int, size: int, runs: int, warmup: int, calib: int, compiled: bool) -> list[dict]:
+def bench(file: Path, batch: int, size: int, runs: int, warmup: int, calib: int, compiled: bool,
+          precisions=PRECISIONS) -> list[dict]:
     program = archdsl.parse(file.read_text(), file=str(file))
     G0 = archdsl.build(program, **({"size": size} if size and "size" in {p.name for p in program.model().params} else {}))
     shape = G0.nodes[G0.graph["input"]]["shape"]
     x_cal = torch.randn(calib, *shape, generator=torch.Generator().manual_seed(0))
-    built = {p: variant(file, p, size, x_cal) for p in PRECISIONS}
+    built = {p: variant(file, p, size, x_cal) for p in precisions}
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
-    modules = {(p, False): built[p][2] for p in PRECISIONS}
+    modules = {(p, False): built[p][2] for p in precisions}
     try:
         modules["torch.ao", False] = torch_ao_peer(built["fp32"][1], x_cal)
     except Exception as e:  # noqa: BLE001 - a model torch.ao cannot trace gets no peer column, and says why
         print(f"  ({file.stem}: no torch.ao peer: {type(e).__name__}: {str(e).splitlines()[0][:120]})")
     if compiled:
-        modules.update({(p, True): torch.compile(built[p][2]) for p in PRECISIONS})
+        modules.update({(p, True): torch.compile(built[p][2]) for p in precisions})
     with torch.inference_mode():
         outs = {key: m(x).float() for key, m in modules.items()}  # torch.compile compiles here
     ms = {key: t * 1e3 for key, t in measure(modules, x, warmup - 1, runs).items()}
     rows = []
     ref = outs["fp32", False]
-    for p in [*PRECISIONS, "torch.ao"]:
+    for p in [*precisions, "torch.ao"]:
         if (p, False) not in modules:
             continue
         deploy = modules[p, False]
-        G = built[p][0] if p in built else built["int8"][0]
+        G = built[p][0] if p in built else built.get("int8", built["fp32"])[0]
         simulated = next((r.declined for r in getattr(deploy, "pass_results", []) if r.name == "lower_precision"), [])
         rows.append(dict(model=file.stem, batch=batch, precision=p, ms=ms[p, False],
                          speedup=ms["fp32", False] / ms[p, False],
@@ -150,14 +151,19 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--calib", type=int, default=8, help="calibration batch size")
     ap.add_argument("--compile", action="store_true", help="add torch.compile columns")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="comma-separated, fp32 always included (the baseline); e.g. fp32,int8 where bf16 is "
+                         "emulated and slow (a CPU without AVX-512 BF16)")
     args = ap.parse_args(argv)
+    precisions = tuple(p for p in PRECISIONS if p == "fp32" or p in args.precisions.split(","))
     print(f"machine: {machine()}, quantized engine {torch.backends.quantized.engine}\n")
     print("| model | batch | precision | deploy ms | x fp32 speed | x torch.ao speed | compiled ms | x compiled fp32 "
           "| IR size (bytes) | state_dict bytes | int8 kernels | simulated nodes | max deviation from fp32 |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
-            rows = bench(model_file(name), batch, args.size, args.runs, args.warmup, args.calib, args.compile)
+            rows = bench(model_file(name), batch, args.size, args.runs, args.warmup, args.calib, args.compile,
+                         precisions)
             for r in rows:
                 compiled = (f"{r['cms']:.3f} | {r['cspeedup']:.2f}" if r["cms"] is not None else "- | -")
                 peer = f"{r['vs_peer']:.2f}" if r["vs_peer"] is not None else "-"

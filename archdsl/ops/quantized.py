@@ -8,12 +8,18 @@ pass chose (the observer of the input the next int8 node trained with), with the
 
     qconv    1-D / 2-D conv (any groups: dense, grouped, depthwise)   torch.ops.quantized.conv{1,2}d[_relu]
     qlinear  linear over the channel axis                              torch.ops.quantized.linear[_relu]
-             requantize=False: a float32 result on (N, C)              torch.ops.onednn.qlinear_pointwise
+             requantize=False: a float32 result on (N, C)              F.linear on the dequantized operands
     qadd     residual add of two quantized tensors                     torch.ops.quantized.add[_relu]
 
-A float input is quantized on entry with the node's input scale and zero point (a region's first node);
-``dequantize=True`` returns a float result in the input's dtype (registry examples; quantized inputs give
-float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
+A float input is quantized on entry with the node's input scale and zero point (a region's first node); a
+quantized input whose grid reaches past that range (a wider reader chose it) is requantized onto it, as QAT
+clipped there. ``dequantize=True`` returns a float result in the input's dtype (registry examples; quantized
+inputs give float32). Where a quantized tensor leaves a region a `cast` dequantizes it.
+
+Exactness comes first: on a CPU whose quantized conv / linear kernels saturate (fbgemm without AVX-512 VNNI
+sums uint8 x int8 pairs in int16; `_QuantizedOp.kernels_exact` probes it once per process) qconv and qlinear
+compute QAT's float32 arithmetic on the dequantized operands instead and requantize the result: the same
+numbers at fp32 speed, rather than outputs off by tens of levels.
 
 Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
 weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call).
@@ -37,10 +43,11 @@ warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quan
 
 
 def _quantize(x, scale, zero):
-    """A float tensor as quint8; a 4-D one channels-last, the layout the x86 quantized kernels run fast in."""
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return torch.quantize_per_tensor(x.float(), scale, zero, torch.quint8)
+    """A float tensor as quint8; a 4-D one channels-last, the layout the x86 quantized kernels run fast in.
+    Quantized first, then reordered: the layout copy moves 1-byte levels instead of 4-byte floats (a region's
+    entry at 8 x 128 x 28 x 28: 0.48 ms instead of 0.79 ms, one thread)."""
+    q = torch.quantize_per_tensor(x.float(), scale, zero, torch.quint8)
+    return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
 
 
 class _QuantizedOp(nn.Module):
@@ -48,6 +55,32 @@ class _QuantizedOp(nn.Module):
     packed weights built from ``qweight`` / ``wscale`` / ``bias`` when they change."""
 
     _frozen_weights = ("qweight", "bias")  # trained weights held as buffers: counted as parameters
+    _exact: dict = {}  # quantized engine -> whether its int8 conv / linear are exact here (probed once)
+    _emit_deps = (_quantize,)
+
+    @staticmethod
+    def kernels_exact() -> bool:
+        """Whether the backend's quantized conv and linear sum uint8 x int8 products exactly. fbgemm without
+        AVX-512 VNNI multiplies adjacent pairs into a saturating int16 (vpmaddubsw), and 255 * 127 * 2 > 32767:
+        full-range uint8 activations, what QAT trains, come out wrong by up to tens of levels (torch.ao's x86
+        recipe avoids it with 7-bit activations, `reduce_range`). Probed with the worst case: every level 255,
+        every weight 127, 64 channels; exact 2,072,640 -> level 207 on a 10,000 grid, saturated 105."""
+        engine = torch.backends.quantized.engine
+        if engine not in _QuantizedOp._exact:
+            ones = torch.ones(1, dtype=torch.double)
+            w = torch.quantize_per_channel(torch.full((1, 64), 127.0), ones, torch.zeros(1, dtype=torch.long), 0,
+                                           torch.qint8)
+            x = torch.quantize_per_tensor(torch.full((1, 64), 255.0), 1.0, 0, torch.quint8)
+            try:
+                conv = torch.ops.quantized.conv2d_prepack(w.reshape(1, 64, 1, 1), None, [1, 1], [0, 0], [1, 1], 1)
+                lin = torch.ops.quantized.linear_prepack(w, None)
+                y = (torch.ops.quantized.conv2d(x.reshape(1, 64, 1, 1), conv, 1e4, 0),
+                     torch.ops.quantized.linear(x, lin, 1e4, 0))
+                exact = all(int(t.int_repr().flatten()[0]) == 207 for t in y)
+            except RuntimeError:  # an engine without per-channel conv / linear: the float path runs anywhere
+                exact = False
+            _QuantizedOp._exact[engine] = exact
+        return _QuantizedOp._exact[engine]
 
     def __init__(self, weight_shape, bias, relu, dequantize):
         super().__init__()
@@ -90,6 +123,27 @@ class _QuantizedOp(nn.Module):
     def _bias(self):
         return self.bias.float() if self.bias is not None else None
 
+    @staticmethod
+    def _input(x, xs, xz):
+        """x as this node reads it: a float tensor quantized with the node's observer (xs, xz); a quantized one
+        as it comes, unless its grid reaches past that observer's range (a wider reader chose the grid), where
+        QAT clipped: then requantized onto the node's grid (a classifier whose observer stopped at 3.5 read a
+        flatten grid up to 5.4: logits off by 10 without it)."""
+        if not x.is_quantized:
+            return _quantize(x, xs, xz)
+        s, z, tol = x.q_scale(), x.q_zero_point(), 1e-4 * xs
+        if z * s > xz * xs + tol or (255 - z) * s > (255 - xz) * xs + tol:
+            return _quantize(x.dequantize(), xs, xz)
+        return x
+
+    def _float_weight(self):
+        """The float32 weight QAT multiplied with: int8 level x channel scale."""
+        return self.qweight.float() * self.wscale.float().view(-1, *([1] * (self.qweight.dim() - 1)))
+
+    def _requantized(self, y, ys, yz):
+        """A float result (QAT's arithmetic, where the kernels are not exact) onto the output grid."""
+        return _quantize(torch.relu(y) if self.relu else y, ys, yz)
+
     def _result(self, y, x):
         return y.dequantize().to(x.dtype if not x.is_quantized else torch.float32) if self.dequantize else y
 
@@ -108,11 +162,17 @@ class QConv(_QuantizedOp):
         self._kernel = getattr(torch.ops.quantized, name + ("_relu" if relu else ""))
 
     def _pack(self):
+        if not self.kernels_exact():  # the float32 weight: the conv runs in float32 on the dequantized input
+            return self._float_weight(), self._bias()
         return self._prepack(self._qweight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x):
         packed, xs, xz, ys, yz = self._prepared()
-        q = x if x.is_quantized else _quantize(x, xs, xz)
+        q = self._input(x, xs, xz)
+        if isinstance(packed, tuple):
+            conv = F.conv1d if q.dim() == 3 else F.conv2d
+            y = conv(q.dequantize(), *packed, self.stride, self.padding, self.dilation, self.groups)
+            return self._result(self._requantized(y, ys, yz), x)
         return self._result(self._kernel(q, packed, ys, yz), x)
 
 
@@ -128,23 +188,25 @@ class QLinear(_QuantizedOp):
         self._kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
 
     def _pack(self):
-        if not self.requantize:  # oneDNN's int8 linear with a float32 result
-            return torch.ops.onednn.qlinear_prepack(self.qweight, None), torch.zeros(len(self.wscale), dtype=torch.long)
+        if not self.requantize or not self.kernels_exact():  # float32 weight, float32 product
+            return self._float_weight()
         return torch.ops.quantized.linear_prepack(self._qweight(), self._bias())
 
-    def _float_result(self, q, packed):
-        """The exact product (uint8 - zero point) x int8 in int32, scaled to float32 plus the float bias: no
-        output grid, as QAT computes a layer no quantized node reads (a classifier)."""
-        post = ("relu" if self.relu else "none")
-        y = torch.ops.onednn.qlinear_pointwise(q.int_repr(), q.q_scale(), q.q_zero_point(), packed[0], self.wscale,
-                                               packed[1], self.bias, 1.0, 0, torch.float32, post, [], "")
-        return y.to(torch.float32 if q.is_quantized else q.dtype)
+    def _float_result(self, q, weight):
+        """QAT's own arithmetic for a layer no quantized node reads (a classifier): the input's levels and the
+        weight's, dequantized, multiplied in float32, no output grid. Faster than an int8 kernel with a float
+        result at this size (oneDNN's: 0.127 ms against 0.032 ms for 800 -> 10 at batch 1, one thread)."""
+        y = F.linear(q.dequantize(), weight, self._bias())
+        return torch.relu(y) if self.relu else y
 
     def forward(self, x):
         packed, xs, xz, ys, yz = self._prepared()
-        q = x if x.is_quantized else _quantize(x, xs, xz)
+        q = self._input(x, xs, xz)
         if not self.requantize and q.dim() == 2:
             return self._float_result(q, packed)
+        if torch.is_tensor(packed):  # kernels not exact here: QAT's float32 product, requantized
+            y = F.linear(q.dequantize().movedim(1, -1), packed, self._bias()).movedim(-1, 1)
+            return self._result(self._requantized(y, ys, yz), x)
         if q.dim() == 2:
             return self._result(self._kernel(q, packed, ys, yz), x)
         # over the channel axis (dim 1) of (N, C, ...): channels innermost for the kernel, then back

@@ -12,8 +12,10 @@ instead requantizes its *output*, so it takes the observer of the input its read
 through the ops above that keep a tensor quantized): where readers disagree, the widest range, so nothing
 clips. An int8 add trains with one observer on both arguments (codegen.torch_fx.as_function), so a conv
 feeding it requantizes to that range and the quantized add reads both arguments as QAT did (an add trained
-before that, without an observer, is looked through). Deploy then differs from QAT by at most one
-quantization step per skipped rounding point (a fused ReLU's or a folded BN's own observer).
+before that, without an observer, is looked through). A reader whose own observer's range is narrower than
+the grid it receives requantizes onto its own (qconv / qlinear do it at run time), as QAT clipped there. Deploy
+then differs from QAT by at most one quantization step per skipped rounding point (a fused ReLU's or a folded
+BN's own observer, or a reader's grid inside the one it receives).
 
 A linear on (C,) whose result no observed int8 node reads (a classifier) runs oneDNN's int8 linear with a
 float32 result (qlinear, requantize=False): exactly QAT's arithmetic. Such a conv, or a linear over more axes,

@@ -370,6 +370,8 @@ def test_quantized_add_of_two_grids_and_float_result_linear_against_float64():
     lin = QLinear(13, 4, requantize=False)
     lin.wscale.copy_(torch.rand(4) * 0.01 + 0.002)
     lin.bias.copy_(torch.randn(4))
+    lin.x_scale.fill_(0.029)  # the grid its input arrives on (a wider one is clipped: see the test below)
+    lin.x_zero.fill_(77.0)
     x = torch.quantize_per_tensor(torch.randn(1, 13), 0.029, 77, torch.quint8)
     y = lin(x)
     ref = x.dequantize().double() @ (lin.qweight.double() * lin.wscale.double()[:, None]).t() + lin.bias.double()
