@@ -5,8 +5,8 @@ inputs and weights, fp8 as rounding. Deploy makes that explicit in the IR, node 
 
     bf16 / fp16   the node's weights become bf16 / fp16 and it runs in that dtype; `cast` nodes convert at
                   region boundaries (one per tensor and dtype), the graph output is fp32 again; a conv / linear
-                  too small for the bf16 kernel to pay (LOW_FLOAT_PAYS_MACS) runs the fp32 kernel on its
-                  bf16-rounded weights
+                  too small for the bf16 kernel to pay (LOW_FLOAT_PAYS_MACS), or any on a CPU without native
+                  bf16 (NATIVE_LOW_FLOAT), runs the fp32 kernel on its bf16-rounded weights
     int8          conv / linear / add -> PyTorch's quantized kernels (qconv / qlinear / qadd, ReLU fused), quint8
                   tensors between them (archdsl/passes/int8_regions.py); a conv / linear no observed int8 node
                   reads (a classifier) -> int8_conv / int8_linear (torch._int_mm, float result); any other int8
@@ -38,6 +38,22 @@ from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
 # from 0.04M to 0.8M MACs, 0.99x at 6.3M, 1.04-1.3x from 9.4M up (BENCHMARKS.md section 5). Such a node keeps
 # its bf16-rounded weights and runs the fp32 kernel, so a bf16 region is never slower than fp32.
 LOW_FLOAT_PAYS_MACS = 8_000_000
+
+
+def _native_low_float() -> dict:
+    """Which low-float precisions this CPU runs natively. Without AVX512-BF16 / AMX (AVX512-FP16 / AMX-FP16),
+    oneDNN emulates bf16 (fp16) convolutions through fp32 conversions: measured 20x slower than fp32 on an
+    AVX2 CPU (BENCHMARKS.md section 5), at every size. Such nodes run the fp32 kernel on rounded weights."""
+    cpu = torch.cpu
+
+    def has(name: str) -> bool:
+        check = getattr(cpu, name, None)
+        return bool(check()) if check is not None else False
+    amx = has("_is_amx_tile_supported")
+    return {"bf16": amx or has("_is_avx512_bf16_supported"), "fp16": has("_is_amx_fp16_supported")}
+
+
+NATIVE_LOW_FLOAT = _native_low_float()
 
 
 def _scheme(precision: str) -> str:
@@ -171,14 +187,16 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
             continue
         if p in DEPLOY_DTYPE and getattr(spec_of(G, node), "exact_in_any_dtype", False):
             continue  # runs in its input's dtype (_follow_input_dtype)
-        if p in DEPLOY_DTYPE and 0 < d.get("macs", 0) < LOW_FLOAT_PAYS_MACS:
-            # bf16 rounding of the weights kept, the fp32 kernel run: the same function, faster at this size
+        native = NATIVE_LOW_FLOAT.get(p, True)
+        if p in DEPLOY_DTYPE and 0 < d.get("macs", 0) and (d["macs"] < LOW_FLOAT_PAYS_MACS or not native):
+            # bf16 rounding of the weights kept, the fp32 kernel run: the same function, faster here
             if weights is not None:
                 dt = LOW_FLOAT_DTYPES[DEPLOY_DTYPE[p]]
                 weights[node] = {k: v.to(dt).to(v.dtype) if v.is_floating_point() else v
                                  for k, v in weights.get(node, {}).items()}
-            res.changed.append(f"{node}: {p}-rounded weights on the fp32 kernel ({d['macs']:,} MACs per sample, "
-                               f"below {LOW_FLOAT_PAYS_MACS:,}: the {p} kernel is slower there)")
+            why = (f"this CPU has no native {p} kernels (emulated, ~20x slower)" if not native else
+                   f"{d['macs']:,} MACs per sample, below {LOW_FLOAT_PAYS_MACS:,}: the {p} kernel is slower there")
+            res.changed.append(f"{node}: {p}-rounded weights on the fp32 kernel ({why})")
             continue
         if p in DEPLOY_DTYPE:
             d["dtype"] = DEPLOY_DTYPE[p]

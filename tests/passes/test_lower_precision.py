@@ -184,6 +184,7 @@ model m() {
 @pytest.mark.parametrize("p,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_bf16_fp16_regions_run_in_their_dtype_with_casts_only_at_the_edges(p, dtype, monkeypatch):
     monkeypatch.setattr(lower_precision_module, "LOW_FLOAT_PAYS_MACS", 0)  # these tiny convs: bf16 kernels anyway
+    monkeypatch.setattr(lower_precision_module, "NATIVE_LOW_FLOAT", {"bf16": True, "fp16": True})
     src = BF16.replace("bf16", p)
     m, x = _trained(src)
     d = m.deploy(log=lambda msg: None)
@@ -206,24 +207,28 @@ def test_bf16_fp16_regions_run_in_their_dtype_with_casts_only_at_the_edges(p, dt
     assert _rel(yd, y32) < 3e-2 and _rel(y, y32) < 3e-2  # both are the fp32 function, rounded
 
 
-def test_bf16_kernel_choice_follows_the_measured_size_rule():
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_kernel_choice_follows_the_measured_size_rule(monkeypatch, native):
     # a 1-D conv of 2.4k MACs per sample (the MNIST-1D CNN's stem) is below the size where oneDNN's bf16 kernel
     # beats fp32 on CPU: it runs the fp32 kernel on bf16-rounded weights; a 2-D conv of 9.4M MACs runs in bf16
+    # on a CPU with native bf16, and on the fp32 kernel too where bf16 is emulated
+    from archdsl.passes import lower_precision as lower_precision_module
     from archdsl.passes.lower_precision import LOW_FLOAT_PAYS_MACS
 
+    monkeypatch.setattr(lower_precision_module, "NATIVE_LOW_FLOAT", {"bf16": native, "fp16": native})
     small = "@precision(bf16)\nmodel m() { input x[1, 40]\n conv(25, k = 5, stride = 2, padding = 1) >> relu }"
     big = "@precision(bf16)\nmodel m() { input x[32, 32, 32]\n conv(32, k = 3, padding = 1) >> relu }"
-    for src, runs in ((small, torch.float32), (big, torch.bfloat16)):
+    for src, runs in ((small, torch.float32), (big, torch.bfloat16 if native else torch.float32)):
         torch.manual_seed(0)
         m = archdsl.compile(archdsl.parse(src)).eval()
         d = m.deploy(log=lambda msg: None)
         macs = m.archdsl_ir.nodes["conv"]["macs"]  # (deploy fuses conv >> relu)
-        assert (macs < LOW_FLOAT_PAYS_MACS) == (runs == torch.float32)
+        assert (macs < LOW_FLOAT_PAYS_MACS or not native) == (runs == torch.float32)
         w = next(t for k, t in d.state_dict().items() if k.endswith("weight"))
         assert w.dtype == runs
         w0 = m.conv.op.weight.detach()
         assert torch.equal(w.float(), w0.to(torch.bfloat16).float())  # bf16 values either way
-        if runs == torch.float32:  # the fp32 kernel on bf16-rounded weights: a float64 conv of the same values
+        if runs == torch.float32 and src == small:  # the fp32 kernel on bf16-rounded weights: float64 conv, same values
             x = torch.randn(3, 1, 40)
             b = m.conv.op.bias.detach().to(torch.bfloat16).double()  # the bias is a bf16 value too
             ref = torch.relu(torch.nn.functional.conv1d(x.double(), w.double(), b, 2, 1))
@@ -270,6 +275,7 @@ def test_structure_only_deploy_graph_counts_the_same_parameters():
 
 def test_deployed_mixed_precision_module_emits_and_reloads(tmp_path, monkeypatch):
     monkeypatch.setattr(lower_precision_module, "LOW_FLOAT_PAYS_MACS", 0)  # a bf16 kernel in the file
+    monkeypatch.setattr(lower_precision_module, "NATIVE_LOW_FLOAT", {"bf16": True, "fp16": True})
     from codegen.python_source import emit
 
     src = BF16.replace("@precision(bf16) { pwconv(8) >> relu }", "@precision(int8) { pwconv(8) >> relu }")

@@ -36,6 +36,7 @@ def test_mixed_precision_search_measures_size_and_real_precision_latency(tmp_pat
     # these 8-channel convs are below the size where bf16 kernels pay (they would run fp32 kernels on
     # bf16-rounded weights, tests/passes/test_lower_precision.py); here bf16 trials keep bf16 kernels
     monkeypatch.setattr(lower_precision_module, "LOW_FLOAT_PAYS_MACS", 0)
+    monkeypatch.setattr(lower_precision_module, "NATIVE_LOW_FLOAT", {"bf16": True, "fp16": True})
     arch = write_arch(tmp_path, SPACE)
     study, *_ = run_search(archdsl.parse(arch), out=tmp_path / "out", progress=False, trials=9)
     done = {(t.params["p1"], t.params["p2"]): t for t in study.trials if "size" in t.user_attrs}

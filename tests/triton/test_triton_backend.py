@@ -88,6 +88,7 @@ def test_mixed_precision_deploy_graph_lowers_its_bf16_groups(monkeypatch):
 
     # these tiny linears are below the size where CPU bf16 kernels pay; here the region keeps bf16 kernels
     monkeypatch.setattr(lower_precision_module, "LOW_FLOAT_PAYS_MACS", 0)
+    monkeypatch.setattr(lower_precision_module, "NATIVE_LOW_FLOAT", {"bf16": True, "fp16": True})
     src = """
 model m() {
   input x[8, 9, 7]
