@@ -325,3 +325,27 @@ def test_cvt_13_has_the_published_parameter_count_and_runs():
     with torch.no_grad():
         y = small(torch.randn(2, 3, 32, 32))
     assert y.shape == (2, 10) and torch.isfinite(y).all()
+
+
+def test_lsnet_attention_against_float64():
+    m = randomize(compiled('import "attention"\nmodel l() { input x[8, 3, 3]\n lsnet_attention(8, 2, 2, 3, attn_ratio = 3) }'))
+    p, pre = sd(m), "lsnet_attention"
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
+    qkv = bn_eval(F.conv2d(x, p[f"{pre}.qkv.conv.weight"]).flatten(2), p, f"{pre}.qkv.bn").reshape(2, -1, 3, 3)
+    q, k, v = qkv.split([4, 4, 12], dim=1)
+    q = bn_eval(F.conv2d(q, p[f"{pre}.q.dwconv.weight"], padding=1, groups=4).flatten(2), p, f"{pre}.q.bn")
+    bias = p[f"{pre}.attn.bias_table.attention_biases"][:, levit_index(3)]
+    out = ref_heads_attention(q.reshape(2, 2, 2, 9), k.reshape(2, 2, 2, 9), v.reshape(2, 2, 6, 9), bias=bias)
+    ref = bn_eval(lin(F.relu(out), p[f"{pre}.proj.conv.weight"].flatten(1)), p, f"{pre}.proj.bn").reshape(2, 8, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_lsnet_t_has_the_published_parameter_count_and_runs():
+    G = archdsl.build(archdsl.parse(MODELS / "lsnet_t.arch"))
+    assert totals(G)["params"] == 11_409_832
+    assert sum(p.numel() for p in archdsl.compile(G).parameters()) == 11_409_832
+    small = archdsl.compile(archdsl.build(archdsl.parse(MODELS / "lsnet_t.arch"), size=64, classes=10)).eval()
+    with torch.no_grad():
+        y = small(torch.randn(2, 3, 64, 64))
+    assert y.shape == (2, 10) and torch.isfinite(y).all()

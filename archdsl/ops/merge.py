@@ -10,7 +10,9 @@ from archdsl.errors import ArchError
 from archdsl.ops.registry import Attr, op
 
 
-class Add(nn.Module):
+class Elementwise(nn.Module):
+    """x0 op x1 op ... [op value], folded from the left; subclasses say what `op` is."""
+
     def __init__(self, value=None):
         super().__init__()
         self.value = value
@@ -18,32 +20,29 @@ class Add(nn.Module):
     def forward(self, *xs):
         out = xs[0]
         for x in xs[1:]:
-            out = out + x
-        return out if self.value is None else out + self.value
+            out = self.combine(out, x)
+        return out if self.value is None else self.combine(out, self.value)
 
 
-class Mul(nn.Module):
-    def __init__(self, value=None):
-        super().__init__()
-        self.value = value
+class Add(Elementwise):
+    _emit_deps = (Elementwise,)
 
-    def forward(self, *xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out * x
-        return out if self.value is None else out * self.value
+    def combine(self, a, b):
+        return a + b
 
 
-class Div(nn.Module):
-    def __init__(self, value=None):
-        super().__init__()
-        self.value = value
+class Mul(Elementwise):
+    _emit_deps = (Elementwise,)
 
-    def forward(self, *xs):
-        out = xs[0]
-        for x in xs[1:]:
-            out = out / x
-        return out if self.value is None else out / self.value
+    def combine(self, a, b):
+        return a * b
+
+
+class Div(Elementwise):
+    _emit_deps = (Elementwise,)
+
+    def combine(self, a, b):
+        return a / b
 
 
 class Concat(nn.Module):
@@ -77,10 +76,11 @@ def _broadcast(name):
 
 
 def concat_axis(a, ins) -> int:
-    rank = len(ins[0])
-    if not -rank <= a.axis < rank:
-        raise ArchError(f"concat: axis {a.axis} does not exist in shape {list(ins[0])} (the batch is not an axis)")
-    return a.axis % rank
+    """The axis index; graphs the passes build (and IR saved before concat had an axis) default to channels."""
+    rank, axis = len(ins[0]), a.get("axis", 0)
+    if not -rank <= axis < rank:
+        raise ArchError(f"concat: axis {axis} does not exist in shape {list(ins[0])} (the batch is not an axis)")
+    return axis % rank
 
 
 def _concat(a, ins):
@@ -88,8 +88,9 @@ def _concat(a, ins):
     for s in ins[1:]:
         if len(s) != len(ins[0]) or any(x != y for i, (x, y) in enumerate(zip(s, ins[0])) if i != ax):
             shapes = " and ".join(str(list(x)) for x in ins)
-            raise ArchError(f"concat: the branches differ in more than {'channels' if ax == 0 else f'axis {a.axis}'}: "
-                            f"{shapes}", hint=f"concat joins along axis {a.axis}; the other sizes must be equal")
+            where = "channels" if ax == 0 else f"axis {a.get('axis')}"
+            raise ArchError(f"concat: the branches differ in more than {where}: {shapes}",
+                            hint=f"concat joins along {where}; the other sizes must be equal")
     return tuple(sum(s[ax] for s in ins) if i == ax else n for i, n in enumerate(ins[0]))
 
 
@@ -110,18 +111,18 @@ def _value():
     return Attr("value", "float", None, doc="a number applied after the tensors: add(0.5), mul(scale), div(8)")
 
 
-op("add", _value(), shape=_broadcast("add"), torch=lambda a, ins: (Add, dict(value=a.value)), arity=-1,
+op("add", _value(), shape=_broadcast("add"), torch=lambda a, ins: (Add, dict(value=a.get("value"))), arity=-1,
    function=operator.add, reference=_ref_fold(operator.add),
    doc="Sum of tensors (residuals, parallel(sum), add($pos)), broadcasting size-1 axes, plus an optional number.",
    fusable=True, triton="binary",
    examples=(({}, [(3, 5, 4), (3, 5, 4)]), ({}, [(2, 7), (2, 7), (2, 7)]), ({"value": 0.5}, [(2, 7), (2, 1)]),
              ({"value": -1.5}, [(3, 4)])))
-op("mul", _value(), shape=_broadcast("mul"), torch=lambda a, ins: (Mul, dict(value=a.value)), arity=-1,
+op("mul", _value(), shape=_broadcast("mul"), torch=lambda a, ins: (Mul, dict(value=a.get("value"))), arity=-1,
    function=operator.mul, reference=_ref_fold(operator.mul),
    doc="Elementwise product, broadcasting size-1 dims (gating), times an optional number.",
    fusable=True, triton="binary",
    examples=(({}, [(3, 5, 4), (3, 1, 1)]), ({}, [(2, 7), (2, 7)]), ({"value": 0.25}, [(3, 6)])))
-op("div", _value(), shape=_broadcast("div"), torch=lambda a, ins: (Div, dict(value=a.value)), arity=-1,
+op("div", _value(), shape=_broadcast("div"), torch=lambda a, ins: (Div, dict(value=a.get("value"))), arity=-1,
    reference=_ref_fold(operator.truediv), category="tensor",
    doc="Elementwise quotient x / y / ..., broadcasting size-1 dims, divided by an optional number: div(8), "
        "div($norm).",
