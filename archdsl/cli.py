@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from archdsl.cli_args import count as _count, overrides as _overrides
+from archdsl.cli_ops import cmd_ops
 from archdsl.cli_search import add_search_commands
 from archdsl.errors import ArchError
 from archdsl.outputs import output_dir, output_file, write
@@ -280,23 +281,6 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_ops(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from archdsl.ops.registry import all_ops
-
-    table = Table(title="registered ops")
-    table.add_column("op")
-    table.add_column("signature")
-    table.add_column("what it is")
-    for spec in (s for s in all_ops() if not s.internal):  # what the compiler inserts is no user's business
-        name = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
-        table.add_row(name, spec.signature(), spec.doc.split("\n")[0])
-    Console().print(table)
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archdsl", description="Architecture-search compiler for .arch files.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -350,7 +334,8 @@ def parser() -> argparse.ArgumentParser:
 
     add_search_commands(sub, common)
 
-    c = sub.add_parser("ops", help="list the registered ops")
+    c = sub.add_parser("ops", help="list the registered ops; `ops NAME` prints one op (or library block) in full")
+    c.add_argument("name", nargs="?", help="an op or a block of the library (archdsl/lib)")
     c.set_defaults(fn=cmd_ops)
     return p
 

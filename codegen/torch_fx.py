@@ -101,11 +101,11 @@ def build_graph(G: nx.DiGraph) -> fx.Graph:
         elif not as_function(G, node):
             env[node] = graph.call_module(node, tuple(args))
         elif d["op"] == "concat":
-            env[node] = graph.call_function(torch.cat, (args,), {"dim": 1})
+            env[node] = graph.call_function(torch.cat, (args,), {"dim": 1 + d["attrs"].get("axis", 0) % len(d["shape"])})
         elif d["op"] in ("add", "mul"):
             fn = operator.add if d["op"] == "add" else operator.mul
             out = args[0]
-            for a in args[1:]:
+            for a in args[1:] + ([d["attrs"]["value"]] if d["attrs"].get("value") is not None else []):
                 out = graph.call_function(fn, (out, a))
             env[node] = out
         else:

@@ -147,6 +147,21 @@ def test_ops_lists_the_registry(capsys):
         assert name in out
 
 
+def test_ops_name_prints_one_op_in_full(capsys):
+    from archdsl.ops.registry import get_op
+
+    rc, out, _ = run(capsys, "ops", "einsum")
+    assert rc == 0 and out.startswith("einsum(equation)\n")
+    assert get_op("einsum").doc in out  # the whole doc, not the table's first line
+    assert "equation (str, required)" in out and "triton: none" in out
+    rc, out, _ = run(capsys, "ops", "add")
+    assert "value (float, default None)" in out and "triton: rule 'binary'" in out and "fuses" in out
+    rc, out, _ = run(capsys, "ops", "seqpool")  # a block of the library: its comment and source
+    assert rc == 0 and 'import "tokens"' in out and "block seqpool()" in out and "CCT sequence pooling" in out
+    rc, _, err = run(capsys, "ops", "sqpool")
+    assert rc == 2 and "no op or library block 'sqpool'" in err and "seqpool" in err
+
+
 # ---- errors --------------------------------------------------------------------------------------------
 
 def test_error_exit_status_and_location(capsys, bad):

@@ -16,6 +16,7 @@ from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name, segment
 from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
+from archdsl.frontend.pieces import Pieces, make_pieces, materialize_operands, need_tensor, prune_unused_pieces
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
                                      checked_number, index, is_plain, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
@@ -88,7 +89,9 @@ class Elaborator:
         if current is None:
             raise ArchError(f"model '{model.name}' declares no input", model.span,
                             hint="start the body with `input x[C, H, W]` (or `input x[C, L]` for sequences)")
+        need_tensor(current, model.span, f"the output of model '{model.name}'")
         add_op(self.G, "output", "output", [current.node], shape=current.shape, span=model.span)
+        prune_unused_pieces(self.G)
         self.G.graph["output"] = "output"
         self.resolver.finish()
         return self.G
@@ -199,7 +202,8 @@ class Elaborator:
             return self.run_body(el.body, Frame(frame), ctx, current)
         self._need_input(current, el.span)
         if isinstance(el, A.Residual):
-            out = self.run_body(el.body, Frame(frame), ctx, current)
+            out = need_tensor(self.run_body(el.body, Frame(frame), ctx, need_tensor(current, el.span, "residual")),
+                              el.span, "the end of a residual")
             if out.shape != current.shape:
                 raise ArchError(f"residual branch changes the shape: its input is {list(current.shape)} but it "
                                 f"returns {list(out.shape)}", el.span,
@@ -209,7 +213,8 @@ class Elaborator:
             if el.mode not in MERGES:
                 raise ArchError(f"unknown merge '{el.mode}'", el.span,
                                 hint=did_you_mean(el.mode, MERGES) or "use parallel(sum), parallel(concat) or parallel(mul)")
-            outs = [self.run_body(b, Frame(frame), ctx, current) or current for b in el.branches]
+            outs = [need_tensor(self.run_body(b, Frame(frame), ctx, current) or current, el.span, "parallel")
+                    for b in el.branches]
             return self._merge(MERGES[el.mode], outs, ctx, el.span)
         if isinstance(el, A.Name):
             found, value = frame.lookup(el.id)
@@ -228,7 +233,7 @@ class Elaborator:
                             hint="a model starts with `input x[C, H, W]`; ops apply to the current tensor")
 
     def apply(self, value, current: Tensor, frame, ctx, span: Span, hint: str | None = None) -> Tensor:
-        if isinstance(value, Tensor):
+        if isinstance(value, (Tensor, Pieces)):
             return value
         if isinstance(value, (list, tuple)):
             for v in value:
@@ -243,6 +248,7 @@ class Elaborator:
             raise ArchError(f"cannot apply {show(value)} to a tensor", span,
                             hint="chain elements are ops or blocks, e.g. conv(16, k=3) >> relu")
         self._need_input(current, span)
+        need_tensor(current, value.span or span, value.name)
         if value.name in self.program.blocks:
             return self._block(value, current, ctx, span, hint)
         return self._op(value, current, ctx, span, hint)
@@ -253,6 +259,9 @@ class Elaborator:
             raise ArchError(f"'{value.name}' is internal to the compiler: its passes insert it, an .arch file "
                             f"cannot call it", value.span or span,
                             hint="run `archdsl ops` for the ops a file can use; precision is set with @precision")
+        value = materialize_operands(self, value, current, ctx, span)  # `add(param([c, n]))`
+        for a in value.args:
+            need_tensor(a, value.span or span, f"an operand of {spec.name}")
         tensors = [a for a in value.args if isinstance(a, Tensor)]  # `concat($stem)`: extra inputs
         args = [a for a in value.args if not isinstance(a, Tensor)]
         ins = [current] + tensors
@@ -266,6 +275,9 @@ class Elaborator:
                                  f"@precision({spec.precisions[0]})")
         try:
             attrs = spec.bind(args, value.kwargs, shapes)
+            if spec.pieces is not None and attrs.get("piece") is None:  # chunk(3): one node per piece
+                count = spec.pieces(attrs, shapes)
+                return make_pieces(self, spec, value, current, count, ctx, span, hint)
             shape = tuple(spec.shape(attrs, shapes))
             params = spec.params(attrs, shapes)
             macs = spec.macs(attrs, shapes, shape)

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from archdsl.errors import ArchError, Span, remember_source
+from archdsl.errors import ArchError, Span, did_you_mean, remember_source
 
 MAX_SOURCE_BYTES = 4 * 1024 * 1024  # far above any real .arch file; ARCHDSL_MAX_SOURCE_BYTES raises it
 
@@ -64,8 +64,23 @@ def _decode(data: bytes, name: str) -> str:
                         hint="save the file as UTF-8") from None
 
 
+LIBRARY = Path(__file__).resolve().parents[1] / "lib"  # blocks written in .arch, shipped with archdsl
+
+
+def libraries() -> list[str]:
+    return sorted(p.stem for p in LIBRARY.glob("*.arch"))
+
+
 def read_import(rel: str, importer: str, span: Span) -> tuple[Path, str]:
-    """(path, text) of `import "rel"` written in file `importer`: only .arch files are imported."""
+    """(path, text) of `import "rel"` written in file `importer`: only .arch files are imported. A bare name
+    (`import "attention"`) is a file of archdsl's block library (archdsl/lib/NAME.arch)."""
+    if rel.isidentifier():
+        if rel not in libraries():
+            raise ArchError(f"no library '{rel}' to import", span,
+                            hint=did_you_mean(rel, libraries()) or f"libraries: {', '.join(libraries())}; "
+                                 'a file is imported by its path, e.g. import "blocks.arch"')
+        path = LIBRARY / f"{rel}.arch"
+        return path, read_source(path, span, what="import", shown=rel)
     if not rel.endswith(".arch"):
         raise ArchError(f"cannot import '{rel}': only .arch files can be imported", span,
                         hint='write the path of an .arch file, e.g. import "blocks.arch"')

@@ -73,7 +73,8 @@ def show(v) -> str:
 
 MAX_LIST = 1_000_000  # `[0] * n` or `a = a + a` in a loop must fail with a message, not exhaust memory
 MAX_INT = 10**18  # no shape, count or size is larger; bigger integers only ever come from mistakes
-CONSTANTS = {p: p for p in PRECISIONS} | {layout: layout for layout in LAYOUTS}
+# `zeros`, `ones`, `normal(std)`, `trunc_normal(std)` are the inits of param(...), as the strings it takes.
+CONSTANTS = {p: p for p in PRECISIONS} | {layout: layout for layout in LAYOUTS} | {"zeros": "zeros", "ones": "ones"}
 
 _BINOPS = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
@@ -161,7 +162,15 @@ FUNCTIONS = {
     "min": _fn_num("min", min), "max": _fn_num("max", max), "abs": _fn_num("abs", abs),
     "round": _fn_num("round", lambda x, n=0: round(x) if n == 0 else round(x, int(n))),
     "len": _fn_len, "str": lambda span, x: x if isinstance(x, str) else show(x),
+    "normal": lambda span, std: _init("normal", std, span),
+    "trunc_normal": lambda span, std: _init("trunc_normal", std, span),
 }
+
+
+def _init(name, std, span):
+    if not _num(std) or std < 0:
+        raise ArchError(f"{name}(std) takes a non-negative number, got {show(std)}", span, hint=f"e.g. {name}(0.02)")
+    return f"{name}({float(std)!r})"
 SEARCH_FUNCTIONS = ("choice", "int", "float")
 
 

@@ -89,6 +89,12 @@ class OpSpec:
     # How many of the op's parameters are tied across the nodes of one `share` group (counted once).
     shared_params: Callable[[Attrs, list[Shape]], int] | None = None
     spatial_dims: tuple[int, ...] = (0, 1, 2, 3)  # how many spatial dims the input may have
+    # An op with several results (chunk, split) says how many; the front end makes one node per piece, each with
+    # its `piece` attribute set, and binds the list of them (`$qkv[1]`).
+    pieces: Callable[[Attrs, list[Shape]], int] | None = None
+    # Its values do not depend on its input's (param: the input gives only the batch size), so an .arch file may
+    # pass it as an operand: `add(param([c, n]))` applies it to the current tensor first.
+    source: bool = False
     min_input_rank: int = 1
     # Back-end facts: the passes and the Triton planner read them here (tests check each against behaviour).
     fusable: bool = False  # group_fusion may chain it with its producer and reader into one fused call

@@ -114,9 +114,35 @@ op("scale", Attr("value", "float"),
    fusable=True, triton="const_scale",
    examples=(({"value": 0.5}, [(5,)]), ({"value": -2.0}, [(3, 7)]), ({"value": 3}, [(4, 5, 3)])))
 
-op("flatten", shape=lambda a, ins: (numel(ins[0]),), torch=lambda a, ins: (nn.Flatten, dict(start_dim=1)),
-   reference=lambda m, x: torch.stack([s.double().reshape(-1) for s in x]),
-   doc="Flatten each sample to a vector (C * H * W,).", examples=_ANY_RANK, exact_in_any_dtype=True)
+def _flatten_range(a, ins):
+    rank = len(ins[0])
+    lo, hi = (v % rank if -rank <= v < rank else None for v in (a.start, a.end))
+    if lo is None or hi is None or lo > hi:
+        raise ArchError(f"flatten(): axes {a.start}..{a.end} are not a range of shape {list(ins[0])}",
+                        hint=f"axes run 0..{rank - 1} (or -1..-{rank}), start before end; the batch is not an axis")
+    return lo, hi
+
+
+def _flatten_shape(a, ins):
+    lo, hi = _flatten_range(a, ins)
+    return (*ins[0][:lo], numel(ins[0][lo:hi + 1]), *ins[0][hi + 1:])
+
+
+def _flatten_reference(m, x):
+    x = x.double()
+    lo, hi = m.start_dim, (m.end_dim if m.end_dim >= 0 else x.dim() + m.end_dim)
+    shape = (*x.shape[:lo], numel(x.shape[lo:hi + 1]), *x.shape[hi + 1:])
+    return torch.stack([v for v in x.reshape(-1)]).reshape(shape)  # row-major order, element by element
+
+
+op("flatten", Attr("start", "int", 0), Attr("end", "int", -1),
+   shape=_flatten_shape,
+   torch=lambda a, ins: (nn.Flatten, dict(start_dim=1 + _flatten_range(a, ins)[0], end_dim=1 + _flatten_range(a, ins)[1])),
+   reference=_flatten_reference,
+   doc="Merge axes start..end (inclusive) into one; by default each sample becomes a vector (C * H * W,). "
+       "flatten(1) turns an image (C, H, W) into tokens (C, H*W); flatten(0, 1) merges heads (h, d, N) -> (h*d, N).",
+   examples=_ANY_RANK + (({"start": 1}, [(3, 4, 5)]), ({"start": 0, "end": 1}, [(2, 3, 4)]),
+                         ({"start": -2}, [(2, 3, 4, 5)])), exact_in_any_dtype=True)
 
 
 # ---- reshape / permute ---------------------------------------------------------------------------------

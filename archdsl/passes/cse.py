@@ -31,7 +31,8 @@ def _key(G, node):
     args = inputs(G, node)
     if d["op"] in COMMUTATIVE and len(args) == 2:
         args = sorted(args)
-    attrs = tuple(sorted((k, repr(v)) for k, v in d["attrs"].items()))
+    # an attribute left at None (add's value) is the same as one a pass never set
+    attrs = tuple(sorted((k, repr(v)) for k, v in d["attrs"].items() if v is not None))
     return d["op"], attrs, tuple(args), d["precision"], d["layout"], d.get("dtype"), d.get("act_qparams")
 
 

@@ -257,6 +257,8 @@ def _bias(pl, i, m, a, ins, out):
 def _binary(pl, i, m, a, ins, out):
     for j in m.inputs:
         pl.step(i, m.op, Ref("input", j), shape=out)
+    if a.get("value") is not None:  # add(0.5), mul(scale): a constant operand, as const_scale's
+        pl.step(i, m.op, Ref("const", float(a.value)), shape=out)
 
 
 def _nothing(pl, i, m, a, ins, out):  # identity, and dropout / droppath in inference

@@ -43,7 +43,7 @@ def _call(spec, attrs) -> str:
 def _chain_source(spec, attrs, ins) -> str | None:
     """scale >> op >> scale on the example's input, or None when the example does not fit one chain."""
     shape = ", ".join(map(str, ins[0]))
-    if spec.arity == -1:
+    if spec.arity == -1 and len(ins) > 1:
         if any(tuple(s) != tuple(ins[0]) for s in ins):
             return None  # a broadcasting operand: no chain of the one input makes it
         branches = " ".join("{ scale(%s) }" % (0.5 + j) for j in range(len(ins)))
