@@ -46,7 +46,6 @@ class ConvShareAttention(nn.Module):
     def __init__(self, channels, heads, k=3, dims=2):
         super().__init__()
         self.heads = heads
-        self.scale = (channels // heads) ** -0.5
         self.q, self.k, self.v, self.proj = (SharedDepthwise(k, dims) for _ in range(4))
 
     def forward(self, x):
@@ -56,9 +55,9 @@ class ConvShareAttention(nn.Module):
         def tokens(t):  # (N, C, *pos) -> (N, heads, P, d)
             return t.reshape(n, self.heads, d, -1).transpose(2, 3)
 
-        q, k, v = tokens(self.q(x)), tokens(self.k(x)), tokens(self.v(x))
-        attn = torch.softmax((q @ k.transpose(2, 3)) * self.scale, dim=-1)
-        out = (attn @ v).transpose(2, 3).reshape(x.shape)
+        # the fused kernel never materializes the P x P scores (same scale 1 / sqrt(d) as the paper's MHSA)
+        out = F.scaled_dot_product_attention(tokens(self.q(x)), tokens(self.k(x)), tokens(self.v(x)))
+        out = out.transpose(2, 3).reshape(x.shape)
         return self.proj(out)
 
 

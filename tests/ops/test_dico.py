@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from op_testing import build, check_examples, flops_macs, nparams
+from op_testing import build, check_examples, check_reference_and_gradients, flops_macs, nparams
 
 from archdsl.ops.registry import get_op
 
@@ -28,13 +28,7 @@ def test_counts_by_hand(shape, k, params, macs):
 
 @pytest.mark.parametrize("shape", [(4, 9), (3, 5, 6)], ids=["1d", "2d"])
 def test_reference_and_gradients(shape):
-    spec, _, m = build("dico", {}, shape)
-    m = m.double()
-    x = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(m(x), spec.reference(m, x), rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(m, (x,))
-    m(x).square().sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    check_reference_and_gradients("dico", {}, shape)
 
 
 def test_the_gate_depends_on_the_whole_input():
