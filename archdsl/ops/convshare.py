@@ -53,7 +53,7 @@ class ConvShareAttention(nn.Module):
         d = c // self.heads
 
         def tokens(t):  # (N, C, *pos) -> (N, heads, P, d)
-            return t.reshape(n, self.heads, d, -1).transpose(2, 3)
+            return t.reshape(n, self.heads, d, -1).transpose(2, 3).contiguous()  # strided: 6x slower SDPA
 
         # the fused kernel never materializes the P x P scores (same scale 1 / sqrt(d) as the paper's MHSA)
         out = F.scaled_dot_product_attention(tokens(self.q(x)), tokens(self.k(x)), tokens(self.v(x)))
