@@ -34,6 +34,7 @@ BASELINE = "dwconv(7)"
 CALLS = {
     "aff": "aff",
     "cvtattn": "cvtattn",
+    "convshare": "convshare",
     "dcls": "dcls(17, count = 34)",
     "dilreparam": "dilreparam(13)",
     "globalfilter": "globalfilter",
@@ -60,6 +61,9 @@ NOTES = {
     "subpixel": "upsamples: 16 channels at 2x resolution",
     "replk": "k=31 + k=5 branches, train-time form",
     "dilreparam": "k=13 + dilated branches, train-time form",
+    "un": "a normalisation; eval form, folded away at deploy",
+    "dico": "DiCo compact channel attention",
+    "convshare": "global attention, shared depthwise projections",
     "dcls": "17-wide span, 34 taps",
     "randmix": "an N x N matrix over the positions",
     "relattn": "global attention",

@@ -20,6 +20,7 @@ from archdsl.passes.fold_affine import fold_affine
 from archdsl.passes.fold_bn import fold_bn
 from archdsl.passes.fold_grn_bias import fold_grn_bias
 from archdsl.passes.fold_kernels import fold_kernels
+from archdsl.passes.fold_un import fold_un
 from archdsl.passes.group_fusion import group_fusion
 from archdsl.passes.lower_precision import lower_precision
 from archdsl.passes.reparam_branches import reparam_branches
@@ -33,6 +34,7 @@ DEPLOY_PIPELINE = [
     fold_kernels,          # dcls, wconv -> conv (dense kernel)
     reparam_branches,      # replk, dilreparam, add(conv [+ bn] branches of x, x) -> conv
     fold_bn,               # conv >> bn, bn >> padding-free conv -> conv (bias)
+    fold_un,               # un >> linear, linear >> un -> linear (bias)
     fold_affine,           # conv >> layerscale | resscale | scale -> conv
     fold_grn_bias,         # grn >> linear -> grn(bias = false) >> linear (bias + W beta)
     cse,                   # f(x) twice -> once
