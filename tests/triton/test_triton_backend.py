@@ -13,13 +13,16 @@ from archdsl.errors import ArchError
 
 MODELS = sorted(p for p in Path("searchspaces/models").glob("*.arch") if p.name != "metaformer.arch")
 SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1], "kernels": [7, 5, 5, 5],
-         "size": 32, "classes": 5, "channels": 6}
+         "size": 32, "classes": 5, "channels": 6, "dim": 32, "depth": 2, "key_dim": 8}
+
+
+PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]}}  # head counts that divide the small widths
 
 
 def small_overrides(path):
     program = archdsl.parse(path)
     names = {p.name for p in program.model().params}
-    return program, {k: v for k, v in SMALL.items() if k in names}
+    return program, {k: v for k, v in {**SMALL, **PER_MODEL.get(path.stem, {})}.items() if k in names}
 
 
 @pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
