@@ -30,6 +30,7 @@ class Unit:
     kind: str  # "module" | "scope" | "add" | "mul" | "concat"
     out: str
     args: list = field(default_factory=list)
+    extra: list = field(default_factory=list)  # literal operands of a merge (add / mul by a number; cat's dim)
 
 
 class Scopes:
@@ -64,6 +65,18 @@ class Scopes:
         ext, outs = self.io[s]
         return len(ext) == 1 and len(outs) == 1
 
+    def _literals(self, node: str, kind: str) -> list:
+        """What the forward writes beside the tensors of a merge, as torch_fx.build_graph calls it."""
+        d = self.G.nodes[node]
+        if kind == "concat":
+            return [1 + int(d["attrs"].get("axis", 0)) % len(d["shape"])]
+        value = d["attrs"].get("value") if kind in ("add", "mul") else None
+        if value is None:
+            return []
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{node}: a {kind} by {value!r} cannot be emitted (numbers only)")
+        return [value]
+
     def units(self, s: str) -> list[Unit]:
         """The steps of scope `s`'s forward, in the order the network runs them."""
         out = []
@@ -75,7 +88,7 @@ class Scopes:
                 if not self.is_scope(c):
                     op = self.G.nodes[c]["op"]
                     kind = op if op in FUNCTIONS and as_function(self.G, c) else "module"
-                    out.append(Unit(path, kind, c, inputs(self.G, c)))
+                    out.append(Unit(path, kind, c, inputs(self.G, c), self._literals(c, kind)))
                 elif self.callable(c):
                     ext, outs = self.io[c]
                     out.append(Unit(path, "scope", outs[0], ext))
@@ -129,11 +142,11 @@ def forward_lines(units: list[Unit], invars: dict, out: str, keep=()) -> list[st
 
 def _expr(u: Unit, args: list[str]) -> str:
     if u.kind == "add":
-        return " + ".join(args)
+        return " + ".join(args + [repr(v) for v in u.extra])
     if u.kind == "mul":
-        return " * ".join(args)
+        return " * ".join(args + [repr(v) for v in u.extra])
     if u.kind == "concat":
-        return f"torch.cat([{', '.join(args)}], dim=1)"
+        return f"torch.cat([{', '.join(args)}], dim={u.extra[0]!r})"
     if u.kind == "linear":  # a fused group's Linear member: its math without a layout copy (ops/fused.py)
         return f"channel_linear({args[0]}, self.{u.path}.weight, self.{u.path}.bias)"
     return f"self.{u.path}({', '.join(args)})"
