@@ -166,7 +166,7 @@ def _options(path: Path):
 def test_every_option_of_the_example_spaces_emits_the_same_module(path, mode):
     program = archdsl.parse(path)
     options = list(_options(path))
-    assert len(options) >= 10  # mixers, norms, precisions ...
+    assert len(options) >= 2  # a choice and its alternatives at least (the mixer spaces have 10 and more)
     for name, label in options:
         G = archdsl.build(program, **{name: label})
         gm = randomize(archdsl.compile(G)).eval()

@@ -14,15 +14,15 @@ import networkx as nx
 
 from archdsl.errors import ArchError, Span, did_you_mean
 from archdsl.frontend import ast as A
-from archdsl.frontend.names import input_name, segment
+from archdsl.frontend.names import input_name
+from archdsl.frontend.naming import MAX_NODES, NodeNaming  # noqa: F401 (MAX_NODES: part of this module's API)
 from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
 from archdsl.frontend.pieces import Pieces, make_pieces, materialize_operands, need_tensor, prune_unused_pieces
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
-                                     checked_number, index, is_plain, is_search_call, show, unknown_name)
+                                     checked_number, index, is_search_call, show, unknown_name)
 from archdsl.ir.graph import DEFAULT_PRECISION, LAYOUTS, PRECISIONS, add_op, new_graph
 from archdsl.ops.registry import get_op, has_op, user_op_names
 
-MAX_NODES = 200_000  # a runaway `repeat` should fail with a message, not eat the machine
 MERGES = {"sum": "add", "add": "add", "concat": "concat", "mul": "mul"}
 
 
@@ -61,7 +61,7 @@ class Ctx:
     refs: dict | None = None  # label -> Tensor, per model / block instance
 
 
-class Elaborator:
+class Elaborator(NodeNaming):
     def __init__(self, program: A.Program, resolver: Resolver):
         self.program = program
         self.resolver = resolver
@@ -430,41 +430,6 @@ class Elaborator:
         # No binding: name it after where it is, e.g. "stage1.block0.choice@12:30".
         prefix = ".".join(ctx.path)
         return f"{prefix + '.' if prefix else ''}{e.func}@{e.span.line}:{e.span.col}"
-
-    # ----- names
-    def _scope(self, path, kind: str, name: str, span: Span | None, args: dict | None = None) -> None:
-        # what made a scope of names (a block call, a label, a loop iteration): emitted Python names classes so
-        if path:
-            self.G.graph["scopes"][".".join(path)] = dict(kind=kind, name=name, file=span.file if span else "",
-                                                          line=span.line if span else 0,
-                                                          args={k: v for k, v in (args or {}).items() if is_plain(v)})
-
-    def _qual(self, ctx: Ctx, name: str) -> str:
-        return ".".join(ctx.path + (name,))
-
-    def _segment(self, path: tuple, base: str) -> str:
-        base = segment(base)  # `forward`, `to`, `class` ... become `forward_`: see frontend/names.py
-        # Resume counting where the last `base` under this path stopped: `repeat 200000 { relu }` would be
-        # quadratic if every name searched relu, relu_1, ... from the start again.
-        key = (path, base)
-        i = self.suffix.get(key, 0)
-        seg = f"{base}_{i}" if i else base
-        while ".".join(path + (seg,)) in self.taken:
-            i += 1
-            seg = f"{base}_{i}"
-        self.suffix[key] = i + 1
-        self._take(".".join(path + (seg,)))
-        return seg
-
-    def _name(self, path: tuple, base: str) -> str:
-        if len(self.taken) > MAX_NODES:
-            raise ArchError(f"the model has more than {MAX_NODES} nodes", hint="check repeat counts and loop bounds")
-        return ".".join(path + (self._segment(path, base),))
-
-    def _take(self, name: str) -> None:
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            self.taken.add(".".join(parts[:i]))
 
 
 def _label(expr, value) -> str:
