@@ -26,7 +26,7 @@ from torch import nn
 from archdsl.errors import ArchError
 from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, non_negative, op, positive
-from archdsl.ops.shapes import numel
+from archdsl.ops.shapes import numel, padded_conv_sizes
 
 
 
@@ -121,10 +121,7 @@ def _shape(a, ins):
             raise ArchError(f"bcos(): on a vector (input shape {list(ins[0])}) it is a B-cos linear layer: "
                             f"k, stride and padding must be 1, 1, 0", hint="write bcos(out) on feature vectors")
         return (out,)
-    sizes = [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(ins[0][1:], a.k, a.stride, _pads(a))]
-    if min(sizes) < 1:
-        raise ArchError(f"bcos(): kernel {list(a.k)} is larger than its padded input (input shape {list(ins[0])})",
-                        hint="use a smaller kernel or more padding")
+    sizes = padded_conv_sizes("bcos", ins[0], a.k, a.stride, _pads(a))
     return (out, *sizes)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from archdsl.errors import ArchError
 from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, op, positive
-from archdsl.ops.shapes import conv_out, need_spatial, numel
+from archdsl.ops.shapes import need_spatial, numel, padded_conv_sizes
 
 
 def _planes(name, shape):
@@ -103,10 +103,7 @@ def _pads(a):
 
 def _cconv_shape(a, ins):
     _planes("cconv", ins[0])
-    sizes = [conv_out(s, k, st, p, p, 1) for s, k, st, p in zip(ins[0][1:], a.k, a.stride, _pads(a))]
-    if min(sizes) < 1:
-        raise ArchError(f"cconv(): kernel {list(a.k)} is larger than its padded input (input shape {list(ins[0])})",
-                        hint="use a smaller kernel or more padding")
+    sizes = padded_conv_sizes("cconv", ins[0], a.k, a.stride, _pads(a))
     return (2 * a.out, *sizes)
 
 

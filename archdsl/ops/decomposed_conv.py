@@ -17,11 +17,10 @@ import types
 import torch
 from torch import nn
 
-from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
 from archdsl.ops.references import kernel_offsets
 from archdsl.ops.registry import Attr, op, positive
-from archdsl.ops.shapes import conv_out, need_spatial, numel
+from archdsl.ops.shapes import conv_out, need_spatial, numel, padded_conv_sizes
 
 
 class DecomposedConv(nn.Module):
@@ -56,16 +55,9 @@ def _pads(a):
     return tuple(k // 2 for k in a.k) if a.padding is None else a.padding
 
 
-def _sizes(a, ins):
-    return [conv_out(s, k, st, p, p, 1) for s, k, st, p in zip(ins[0][1:], a.k, a.stride, _pads(a))]
-
-
 def _shape(a, ins):
     need_spatial("tdconv", ins[0])
-    sizes = _sizes(a, ins)
-    if min(sizes) < 1:
-        raise ArchError(f"tdconv(): kernel {list(a.k)} is larger than its padded input (input shape {list(ins[0])})",
-                        hint="use a smaller kernel or more padding")
+    sizes = padded_conv_sizes("tdconv", ins[0], a.k, a.stride, _pads(a))
     return (a.out, *sizes)
 
 

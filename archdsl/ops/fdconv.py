@@ -35,7 +35,7 @@ from archdsl.ops.conv import conv_reference
 from archdsl.ops.mixers_freq import _ref_irfftn, _ref_rfftn
 from archdsl.ops.references import kernel_offsets, ref_sigmoid
 from archdsl.ops.registry import Attr, op, positive
-from archdsl.ops.shapes import conv_out, need_spatial, numel
+from archdsl.ops.shapes import need_spatial, numel, padded_conv_sizes
 
 
 def band_masks(sizes, scales) -> torch.Tensor:
@@ -144,10 +144,7 @@ def _hidden(c):
 
 def _shape(a, ins):
     need_spatial("fdconv", ins[0])
-    sizes = [conv_out(s, k, st, p, p, 1) for s, k, st, p in zip(ins[0][1:], a.k, a.stride, _pads(a))]
-    if min(sizes) < 1:
-        raise ArchError(f"fdconv(): kernel {list(a.k)} is larger than its padded input (input shape {list(ins[0])})",
-                        hint="use a smaller kernel or more padding")
+    sizes = padded_conv_sizes("fdconv", ins[0], a.k, a.stride, _pads(a))
     if a.out * ins[0][0] * math.prod(a.k) < 2 * a.kernels:
         raise ArchError(f"fdconv(): {a.kernels} frequency groups need more frequencies than a {a.out} x "
                         f"{ins[0][0]} x {list(a.k)} kernel has (input shape {list(ins[0])})",

@@ -33,6 +33,16 @@ def conv_out(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation:
     return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
 
 
+def padded_conv_sizes(op: str, shape, k, stride, pads) -> list[int]:
+    """Output sizes of a convolution with symmetric padding `pads` (per spatial dim) on input `shape` (C, ...);
+    an error naming `op` when the kernel does not fit its padded input."""
+    sizes = [conv_out(s, kk, st, p, p, 1) for s, kk, st, p in zip(shape[1:], k, stride, pads)]
+    if min(sizes) < 1:
+        raise ArchError(f"{op}(): kernel {list(k)} is larger than its padded input (input shape {list(shape)})",
+                        hint="use a smaller kernel or more padding")
+    return sizes
+
+
 def same_padding(k, dilation) -> tuple[tuple[int, int], ...]:
     """Per-dim (lo, hi) that keeps the size at stride 1: the dilated extent d*(k-1) split in two, the odd one
     out at the end (symmetric for odd kernels)."""
