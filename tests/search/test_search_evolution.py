@@ -183,27 +183,33 @@ def area(points, ref_lat):
     return total
 
 
+def latency_study(sampler, dist, done):
+    """A study whose completed trials are `done` = [(x, accuracy)] at latency x, and whose proposals report
+    latency x before training; returns it and the list its proposals draft into, in order."""
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for x, acc in done:
+        study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": dist},
+                                                  values=[acc, float(x)], user_attrs={"ir_hash": f"h{x}"}))
+    drafted = []
+
+    def propose(choose):
+        x = choose("x", dist)
+        drafted.append(x)
+        return {"x": x}, f"h{x}", lambda study: {1: float(x)}
+
+    sampler.propose = propose
+    return study, drafted
+
+
 def test_the_child_with_the_largest_predicted_gain_is_trained():
     """x is the architecture, its latency is x (known before training); completed trials form a front. Every
     drafted child is predicted at its parent's accuracy (plus 1 % optimism) with its own latency; the child
     trained is the draft whose predicted point adds the most area to the front, counted by brute force. (The
     tournament takes the whole population, so every draft has the same parent and the ranking does not depend
     on the reference point.)"""
-    study = optuna.create_study(directions=["maximize", "minimize"],
-                                sampler=EvolutionSampler(seed=3, warmup=0, tournament=3, candidates=6, optimism=0.01))
     done = {7: 0.90, 9: 0.95, 11: 0.60}  # x -> accuracy; latency = x
-    for x, acc in done.items():
-        t = optuna.trial.create_trial(params={"x": x}, distributions={"x": X}, values=[acc, float(x)],
-                                      user_attrs={"ir_hash": f"h{x}"})
-        study.add_trial(t)
-    drafted = []
-
-    def propose(choose):
-        x = choose("x", X)
-        drafted.append(x)
-        return {"x": x}, f"h{x}", lambda study: {1: float(x)}
-
-    study.sampler.propose = propose
+    study, drafted = latency_study(EvolutionSampler(seed=3, warmup=0, tournament=3, candidates=6, optimism=0.01),
+                                   X, done.items())
     trial = study.ask()
     parent = study.trials[study._storage.get_trial_system_attrs(trial._trial_id)[PARENT]]
     unseen = list(dict.fromkeys(x for x in drafted if x not in done))
@@ -227,19 +233,8 @@ def test_children_predicted_dominated_are_not_trained_while_another_gains():
     xs = CategoricalDistribution([1, 2, 3, 4, 5, 6, 8])
     checked = 0
     for seed in range(16):
-        study = optuna.create_study(directions=["maximize", "minimize"],
-                                    sampler=EvolutionSampler(seed=seed, warmup=0, tournament=1, candidates=5))
-        for x, acc in ((5, 0.9), (2, 0.99)):
-            study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": xs},
-                                                      values=[acc, float(x)], user_attrs={"ir_hash": f"h{x}"}))
-        drafted = []
-
-        def propose(choose):
-            x = choose("x", xs)
-            drafted.append(x)
-            return {"x": x}, f"h{x}", lambda study: {1: float(x)}
-
-        study.sampler.propose = propose
+        study, drafted = latency_study(EvolutionSampler(seed=seed, warmup=0, tournament=1, candidates=5), xs,
+                                       ((5, 0.9), (2, 0.99)))
         trial = study.ask()
         parent = study._storage.get_trial_system_attrs(trial._trial_id)[PARENT]
         chosen = trial.suggest_categorical("x", [1, 2, 3, 4, 5, 6, 8])
