@@ -11,6 +11,7 @@ interrupted does not count: its parameters run again instead.
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import signal
 import threading
@@ -48,12 +49,18 @@ class StopAt:
 
 class Interrupts:
     """SIGINT handling for one study.optimize call (a `with` block; a no-op off the main thread, where
-    Python delivers no signals)."""
+    Python delivers no signals).
+
+    The first Ctrl-C raises KeyboardInterrupt at once only inside `live()` regions -- training, timing --
+    which touch neither the study's storage nor a lock: raised inside a SQLAlchemy commit or a pool's lock it
+    can leave a transaction open on the SQLite file, and every later write of this process (the trial's
+    "interrupted" mark, the requeue) then waits out the busy timeout. Elsewhere it is deferred to the next
+    `check()` (each epoch, each trial's start). A second Ctrl-C raises wherever it lands."""
 
     def __init__(self):
         self.requested = False
         self._previous = None
-        self._in_trial = False  # the main thread is inside the objective (so raising there stops the trial)
+        self._live = False  # the main thread is in a live() region and not in a held() one
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -69,34 +76,43 @@ class Interrupts:
     def _handle(self, signum, frame):
         first = not self.requested
         self.requested = True
-        if self._in_trial or not first:
+        if self._live or not first:
             raise KeyboardInterrupt
-        # between trials (Optuna sampling or saving): the next trial stops at its start
 
     def check(self) -> None:
-        """Called at the start of a trial and after each epoch."""
+        """Raise the deferred Ctrl-C, if any (called where stopping is safe)."""
         if self.requested:
             raise KeyboardInterrupt
 
     def trial(self):
-        """Context for running one objective call."""
-        return _InTrial(self)
+        """Context for one objective call: a trial started after Ctrl-C stops at its start."""
+        self.check()
+        return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def live(self):
+        """A region of pure computation, stopped at once by Ctrl-C."""
+        self.check()
+        self._set(True)
+        try:
+            yield
+        finally:
+            self._set(False)
 
-class _InTrial:
-    def __init__(self, owner: Interrupts):
-        self.owner = owner
-        self.main = threading.current_thread() is threading.main_thread()
+    @contextlib.contextmanager
+    def held(self):
+        """A region inside live() that must run to its end (storage writes); Ctrl-C stops right after it."""
+        was = self._live
+        self._set(False)
+        try:
+            yield
+        finally:
+            self._set(was)
+        self.check()
 
-    def __enter__(self):
-        self.owner.check()
-        if self.main:
-            self.owner._in_trial = True
-
-    def __exit__(self, *exc):
-        if self.main:
-            self.owner._in_trial = False
-        return False
+    def _set(self, value: bool) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._live = value
 
 
 def requeue_interrupted(study) -> list[int]:

@@ -211,9 +211,10 @@ class TrialRunner:
         if earlier is not None and "latency_ms" in earlier.user_attrs:
             return {k: earlier.user_attrs[k] for k in LATENCY_ATTRS if k in earlier.user_attrs}
         args = latency_args(self.spec)
-        timing = measure_paired(_deploy(G, module), G.nodes[G.graph["input"]]["shape"], batch=args["batch"],
-                                device=args["device"], precision=args["precision"], runs=args["runs"],
-                                n_threads=args["threads"])
+        with self.interrupts.live():
+            timing = measure_paired(_deploy(G, module), G.nodes[G.graph["input"]]["shape"], batch=args["batch"],
+                                    device=args["device"], precision=args["precision"], runs=args["runs"],
+                                    n_threads=args["threads"])
         unit = trial.study.user_attrs.get("latency_reference_ms") or timing["reference_ms"]
         return {"latency_ms": round(timing["ratio"] * unit, 4), "latency_raw_ms": round(timing["ms"], 4),
                 "latency_ratio": round(timing["ratio"], 4)}
@@ -223,13 +224,13 @@ class TrialRunner:
         curve = []
 
         def report(epoch, acc):
-            self.interrupts.check()
-            curve.append(acc)
-            trial.set_user_attr("val_curve", curve)
-            if not multi:
-                trial.report(acc, epoch)
-                return trial.should_prune()
-            return should_stop(trial, epoch, acc, self.spec)
+            with self.interrupts.held():  # storage writes: a Ctrl-C waits for them
+                curve.append(acc)
+                trial.set_user_attr("val_curve", curve)
+                if not multi:
+                    trial.report(acc, epoch)
+                    return trial.should_prune()
+                return should_stop(trial, epoch, acc, self.spec)
 
         r = self.recipe
         checkpoint = Checkpoint(self.out, trial.number, _retried(trial),
@@ -237,10 +238,12 @@ class TrialRunner:
         on_epoch = None
         if self.on_epoch is not None:
             def on_epoch(stats):
-                self.on_epoch(trial.number, stats)
+                with self.interrupts.held():  # the progress display's lock
+                    self.on_epoch(trial.number, stats)
         try:
-            history = train(module, self.data, seed=seed, report=report, recipe=r, device=self.device,
-                            checkpoint=checkpoint, on_epoch=on_epoch)
+            with self.interrupts.live():
+                history = train(module, self.data, seed=seed, report=report, recipe=r, device=self.device,
+                                checkpoint=checkpoint, on_epoch=on_epoch)
         except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - needs a GPU
             raise TrialFailed(f"out of memory: {e}") from None
         if checkpoint.loaded_from is not None:

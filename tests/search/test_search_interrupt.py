@@ -134,3 +134,46 @@ def test_processes_started_together_propose_differently(tmp_path):
     # a fresh study with a given seed is still reproducible
     again = open_study(program, spec, tmp_path / "again", None, None, "random", 0, {})
     assert again.ask(dist).params["x"] == first[0]
+
+
+def test_ctrl_c_raises_at_once_only_in_live_regions_and_never_inside_held_ones():
+    import os
+
+    import pytest
+
+    from archdsl.search.interrupt import Interrupts
+
+    reached = []
+    interrupts = Interrupts()
+    with interrupts:
+        os.kill(os.getpid(), signal.SIGINT)  # between trials: deferred to the next safe point
+        reached.append("deferred")
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.trial()
+    assert reached == ["deferred"]
+
+    interrupts = Interrupts()
+    with interrupts, pytest.raises(KeyboardInterrupt):
+        with interrupts.live():
+            with interrupts.held():  # e.g. an epoch's storage writes: they finish first
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+                reached.append("held")
+            reached.append("after held")  # not reached: the stop comes as the held region ends
+    assert reached == ["deferred", "held"]
+
+    interrupts = Interrupts()
+    with interrupts, pytest.raises(KeyboardInterrupt):
+        with interrupts.live():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # interrupted
+            reached.append("slept")
+    assert reached == ["deferred", "held"]
+
+    interrupts = Interrupts()
+    with interrupts, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C stops wherever it lands
+        time.sleep(1)
+        reached.append("second")
+    assert reached == ["deferred", "held"]
