@@ -25,12 +25,14 @@ def build(program: A.Program | str | Path, model: str | None = None, resolver=No
     return _build(program, model, resolver, **overrides)
 
 
-def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, log=None, **overrides):
+def compile(source, mode: str = "train", backend: str = "torch", model: str | None = None, log=None,
+            act_bits: int = 8, **overrides):
     """Build and lower to a ``torch.fx.GraphModule`` whose parameters are named after the hierarchy.
 
     ``mode="deploy"`` returns the inference module: the train module's fresh weights through the deploy passes
     (BN folded, branches re-parameterized, ops fused; int8 observers calibrated on a random batch, so int8
     regions get their integer kernels). For trained weights call ``module.deploy()`` instead.
+    ``act_bits=7``: int8 regions quantize activations on 7 bits (archdsl.quant.set_activation_bits).
     """
     from archdsl.errors import ArchError
 
@@ -45,6 +47,10 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     from codegen.compiled import to_graph_module
 
     module = to_graph_module(G)
+    if act_bits != 8:
+        from archdsl.quant import set_activation_bits
+
+        set_activation_bits(module, act_bits)
     if mode == "deploy":  # Triton takes large depthwise kernels itself; the CSR 1x1 kernel is a CPU choice
         calibrate(module)
         module = module.deploy(disable=("select_kernels", "sparse_kernels") if backend == "triton" else ())

@@ -199,8 +199,8 @@ def cmd_compile(args) -> int:
     from archdsl.passes.lower_precision import simulated_notice
 
     module, results = None, None
-    if (args.calibrate or args.load) and not args.weights:
-        raise ArchError("--calibrate / --load change the weights, and only --weights saves them",
+    if (args.calibrate or args.load or args.act_bits != 8) and not args.weights:
+        raise ArchError("--calibrate / --load / --act-bits change the weights, and only --weights saves them",
                         hint="add --weights OUT.pt (the deploy module's state dict, loaded by the emitted module)")
     if args.calibrate and not _deploy_mode(args):
         raise ArchError("--calibrate quantizes for deployment, but the mode is train", hint="add --mode deploy")
@@ -210,6 +210,10 @@ def cmd_compile(args) -> int:
             from archdsl.ptq import load_weights
 
             load_weights(module, args.load)
+        if args.act_bits != 8:
+            from archdsl.quant import set_activation_bits
+
+            set_activation_bits(module, args.act_bits)
         if args.calibrate:
             from archdsl.ptq import calibrate, calibration_batches
 
@@ -312,6 +316,10 @@ def parser() -> argparse.ArgumentParser:
                    help="post-training quantization: run DATA (mnist1d, digits, npz(\"f.npz\"), f.npz) through "
                         "the int8 observers before deploying")
     c.add_argument("--calibrate-batches", type=int, default=10, metavar="N", help="batches of 64 (default 10)")
+    c.add_argument("--act-bits", type=int, choices=[7, 8], default=8,
+                   help="int8 activations on 7 bits (0..127, as torch.ao's reduce_range): the int8 kernels then "
+                        "run exactly on CPUs without AVX-512 VNNI (with --calibrate, or --load of a model trained "
+                        "with accuracy(act_bits = 7))")
     c.add_argument("--backend", choices=["torch", "triton"], default="torch",
                    help="triton (with --mode deploy): the fused groups run as archdsl's Triton kernels, imported")
     _deploy_flags(c)

@@ -3,7 +3,9 @@
 Following the quantization whitepaper (Krishnamoorthi 2018) for quantization-aware training:
 - weights: per-output-channel symmetric int8, scale = max|w| / 127, integers in [-127, 127];
 - activations: per-tensor affine uint8 with a moving-average min/max observer (averaging constant 0.01, as
-  torch's MovingAverageMinMaxObserver), scale = (max - min) / 255, zero point = round(-min / scale);
+  torch's MovingAverageMinMaxObserver), scale = (max - min) / 255, zero point = round(-min / scale); or 7-bit
+  levels 0..127 (`set_activation_bits(module, 7)`, torch.ao's `reduce_range`): what lets fbgemm's int8 kernels
+  run exactly on CPUs without AVX-512 VNNI (archdsl/ops/quantized.py);
 - gradients: straight-through inside the clipping range (torch's fake_quantize ops implement exactly this).
 fp8 (e4m3 / e5m2, Micikevicius et al. 2022) is simulated by saturating to the format's largest finite value
 and rounding to it, with a straight-through gradient. bf16 / fp16 regions run under autocast with fp32
@@ -40,11 +42,13 @@ class WeightFakeQuant(nn.Module):
 
 
 class ActFakeQuant(nn.Module):
-    """Per-tensor affine uint8 fake quantization of activations with a moving-average min/max observer."""
+    """Per-tensor affine uint8 fake quantization of activations with a moving-average min/max observer, on
+    `levels` + 1 levels (255: 8 bits; 127: 7 bits)."""
 
-    def __init__(self, averaging=0.01):
+    def __init__(self, averaging=0.01, levels=255):
         super().__init__()
         self.averaging = averaging
+        self.levels = levels
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("seen", torch.tensor(0, dtype=torch.long))
@@ -52,8 +56,8 @@ class ActFakeQuant(nn.Module):
     def qparams(self):
         lo = torch.clamp(self.lo, max=0.0)  # the range always holds 0, so zero padding stays exact
         hi = torch.clamp(self.hi, min=0.0)
-        scale = ((hi - lo) / 255.0).clamp_min(1e-8)
-        zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
+        scale = ((hi - lo) / float(self.levels)).clamp_min(1e-8)
+        zero = torch.clamp(torch.round(-lo / scale), 0, self.levels).to(torch.int32)
         return scale.float(), zero
 
     def forward(self, *xs):
@@ -73,8 +77,21 @@ class ActFakeQuant(nn.Module):
         if int(self.seen) == 0:
             return xs[0] if len(xs) == 1 else xs  # never observed: nothing to quantize against yet
         scale, zero = self.qparams()
-        out = tuple(torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255) for x in xs)
+        out = tuple(torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, self.levels) for x in xs)
         return out[0] if len(out) == 1 else out
+
+
+ACTIVATION_BITS = {8: 255, 7: 127}  # bits -> the top uint8 level
+
+
+def set_activation_bits(module: nn.Module, bits: int) -> int:
+    """Give every int8 activation observer in `module` 2**bits levels (before QAT or calibration: the observed
+    range is then cut into that many steps); returns how many observers there are."""
+    levels = ACTIVATION_BITS[bits]
+    found = [m for m in module.modules() if isinstance(m, ActFakeQuant)]
+    for m in found:
+        m.levels = levels
+    return len(found)
 
 
 class Fp8Round(nn.Module):

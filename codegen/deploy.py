@@ -46,8 +46,8 @@ def deploy_module(module, select=None, disable=(), dump_dir=None, log=None, cls=
 def unwrap_precision(module, G, weights: dict) -> dict:
     """Non-fp32 nodes train inside archdsl.quant.Precision, their tensors one level down (``op.weight``) and an
     int8 input observer beside them (``act.lo``). The passes work on the op's own tensors, so those move up a
-    level; the observer's (scale, zero point) goes on the IR node as ``act_qparams`` (None: it saw no data,
-    so training never quantized that input), for lower_precision."""
+    level; the observer's (scale, zero point, top level: 255, or 127 for 7-bit activations) goes on the IR node
+    as ``act_qparams`` (None: it saw no data, so training never quantized that input), for lower_precision."""
     from archdsl.quant import ActFakeQuant, Precision
 
     for node, d in G.nodes(data=True):
@@ -60,5 +60,5 @@ def unwrap_precision(module, G, weights: dict) -> dict:
         act = getattr(wrapper, "act", None)
         if isinstance(act, ActFakeQuant):
             scale, zero = act.qparams()
-            d["act_qparams"] = (float(scale), int(zero)) if int(act.seen) > 0 else None
+            d["act_qparams"] = (float(scale), int(zero), int(act.levels)) if int(act.seen) > 0 else None
     return weights

@@ -136,3 +136,78 @@ def test_residual_chain_against_hand_simulation():
     # step x |weight| / 36 taps; well inside 1 % of the logits' range
     assert y.dtype == torch.float32
     assert (y.double() - ry - head.bias.double()).abs().max() <= 0.01 * ry.abs().max()
+
+
+# ---- 7-bit activations (levels 0..127, torch.ao's reduce_range) -----------------------------------------
+
+def test_seven_bit_probe_is_exact_on_every_cpu():
+    # 127 * 127 * 2 < 32767: no int16 pair sum can saturate, so the kernels are exact on AVX2 fbgemm too
+    assert _QuantizedOp.kernels_exact(127)
+
+
+@pytest.mark.parametrize("nd,size", [(1, (19,)), (2, (7, 9))])
+def test_seven_bit_qconv_clips_its_input_at_level_127_and_runs_the_kernel(monkeypatch, nd, size):
+    # as on a CPU without VNNI: 8-bit activations would take the float32 path, 7-bit ones the int8 kernel
+    engine = torch.backends.quantized.engine
+    monkeypatch.setitem(_QuantizedOp._exact, (engine, 255), False)
+    m = _wide_conv(96, 16, 3, nd, seed=20 + nd)
+    m.levels = 127
+    m.x_scale.fill_(0.04)
+    m.x_zero.fill_(20.0)  # the node trained on [-0.8, 4.28]
+    m._cache = None
+    x = torch.randn(2, 96, *size, generator=torch.Generator().manual_seed(21)) * 3  # well past 4.28
+    packed = m._prepared()[0]
+    assert not isinstance(packed, tuple)  # the packed int8 weight, not the float32 fallback
+    clipped = torch.clamp(torch.round(x.double() / 0.04) + 20, 0, 127)  # QAT's 7-bit fake quantization
+    _close_levels(m(x).int_repr(), _conv_levels(m, clipped, 0.04, 20))
+    # a quantized input on a wider 8-bit grid: requantized onto the node's grid, then clipped at 127
+    wide = torch.quantize_per_tensor(x, 0.0537, 30, torch.quint8)  # (a ratio of scales with no ties)
+    again = torch.clamp(torch.round(_deq(wide.int_repr().double(), 0.0537, 30) / 0.04) + 20, 0, 127)
+    _close_levels(m(wide).int_repr(), _conv_levels(m, again, 0.04, 20))
+
+
+def test_seven_bit_observer_grid_against_a_loop():
+    from archdsl.quant import ActFakeQuant
+
+    obs = ActFakeQuant(levels=127)
+    x = torch.linspace(-1.3, 2.9, 301)
+    obs.train()(x)  # first batch: the range is the batch's
+    y = obs.eval()(x * 1.5)  # past the range: clipped
+    scale = 4.2 / 127
+    zero = round(1.3 / scale)
+    want = [(min(max(round(v / scale) + zero, 0), 127) - zero) * scale for v in (x * 1.5).double().tolist()]
+    assert torch.allclose(y.double(), torch.tensor(want, dtype=torch.float64), atol=1e-6)
+    assert len(set(torch.round(y / scale).tolist())) <= 128
+
+
+def test_seven_bit_model_deploys_onto_kernels_that_agree_with_qat(monkeypatch):
+    import archdsl
+    from archdsl.quant import set_activation_bits
+
+    engine = torch.backends.quantized.engine
+    monkeypatch.setitem(_QuantizedOp._exact, (engine, 255), False)
+    src = """
+@precision(int8)
+model m() {
+  input x[3, 24]
+  conv(32, k = 3, padding = 1) >> bn >> relu >> conv(32, k = 3, padding = 1) >> relu
+  gap >> linear(5)
+}
+"""
+    torch.manual_seed(0)
+    module = archdsl.compile(archdsl.parse(src))
+    assert set_activation_bits(module, 7) == 7  # each int8 node observes its input: conv bn relu conv relu gap linear
+    module.train()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):  # observers and BN statistics settle, as after QAT
+        module(torch.randn(16, 3, 24, generator=g))
+    module.eval()
+    x = torch.randn(8, 3, 24, generator=g)
+    deployed = module.deploy(log=lambda msg: None)
+    kernels = [m for m in deployed.modules() if isinstance(m, (QConv, QLinear))]
+    assert kernels and all(k.levels == 127 for k in kernels)
+    assert all(not isinstance(k._prepared()[0], tuple) for k in kernels if isinstance(k, QConv))
+    with torch.no_grad():
+        want, got = module(x), deployed(x)
+    # one 7-bit quantization step of the logits' scale, at most, per rounding point deploy skips
+    assert (got - want).abs().max() < 0.1 * want.abs().max(), (got - want).abs().max()

@@ -109,3 +109,34 @@ def test_data_spec_parsing():
     assert parse_data('npz("a/b.npz")') == ("npz", ("a/b.npz",))
     assert parse_data("a/b.npz") == ("npz", ("a/b.npz",))
     assert parse_data('images("pics", 32)') == ("images", ("pics", 32))
+
+
+def test_seven_bit_calibration_cuts_the_range_into_127_steps_and_the_emitted_module_keeps_them(capsys, files):
+    rc, out, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--load",
+                       str(files / "fp32.pt"), "--calibrate", str(files / "d.npz"), "--calibrate-batches", "2",
+                       "--act-bits", "7", "-o", str(files / "m7.py"), "--weights", str(files / "w7.pt"))
+    assert rc == 0, err
+    state = torch.load(files / "w7.pt")
+    from archdsl.search.data import load
+
+    x = load("npz", (str(files / "d.npz"),)).x_train[:128]
+    lo, hi = min(float(x[:64].min() + x[64:].min()) / 2, 0.0), max(float(x[:64].max() + x[64:].max()) / 2, 0.0)
+    assert float(state["conv.x_scale"]) == pytest.approx((hi - lo) / 127, rel=1e-5)
+    assert float(state["conv.x_zero"]) == round(-lo / ((hi - lo) / 127))
+    assert "levels=127" in (files / "m7.py").read_text()
+    # the emitted module clips its input at level 127 of the first conv's grid, as calibration assumed
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("m7", files / "m7.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.Model()
+    net.load_state_dict(state)
+    big = torch.full((1, 1, 40), 1e3)
+    assert torch.isfinite(net(big)).all()
+
+
+def test_act_bits_needs_weights_out(capsys, files):
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--act-bits", "7",
+                     "-o", str(files / "m.py"))
+    assert rc != 0 and "--act-bits" in err and "--weights" in err

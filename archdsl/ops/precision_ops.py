@@ -27,6 +27,14 @@ DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCHEMES = ("int8", "fp8_e4m3", "fp8_e5m2")
 
 
+def _levels_check(v):
+    return None if v in (127, 255) else "must be 255 (8-bit activations) or 127 (7-bit, `reduce_range`)"
+
+
+# the top uint8 level of the activation grid QAT / calibration used (archdsl.quant.ActFakeQuant.levels)
+LEVELS = Attr("levels", "int", 255, check=_levels_check)
+
+
 class Cast(nn.Module):
     """x.to(dtype) at a precision boundary."""
 
@@ -44,20 +52,20 @@ class Cast(nn.Module):
 class QuantDequant(nn.Module):
     """An activation rounded to int8 (per-tensor affine uint8: scale, zero point) or to an fp8 format."""
 
-    def __init__(self, scheme="int8"):
+    def __init__(self, scheme="int8", levels=255):
         super().__init__()
-        self.scheme = scheme
+        self.scheme, self.levels = scheme, levels
         if scheme == "int8":
             self.register_buffer("scale", torch.tensor(0.05))
             self.register_buffer("zero_point", torch.tensor(128.0))
 
     def forward(self, x):
         if self.scheme == "int8" and x.dtype == torch.float32:  # one pass, the very op training used
-            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point.int(), 0, 255)
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point.int(), 0, self.levels)
         if self.scheme == "int8":
             # torch.fake_quantize_per_tensor_affine's arithmetic, for other dtypes: x * (1 / scale), round half
-            # to even, clamp to [0, 255]
-            q = torch.clamp(torch.round(x * (1.0 / self.scale)) + self.zero_point, 0, 255)
+            # to even, clamp to [0, levels]
+            q = torch.clamp(torch.round(x * (1.0 / self.scale)) + self.zero_point, 0, self.levels)
             return (q - self.zero_point) * self.scale
         dtype = torch.float8_e4m3fn if self.scheme == "fp8_e4m3" else torch.float8_e5m2
         top = torch.finfo(dtype).max
@@ -72,8 +80,9 @@ class Int8Linear(nn.Module):
 
     _frozen_weights = ("qweight", "bias")  # trained weights held as buffers: counted as parameters
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, levels=255):
         super().__init__()
+        self.levels = levels
         self.register_buffer("qweight", torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8))
         self.register_buffer("wscale", torch.full((out_features,), 0.01))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
@@ -81,9 +90,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("x_zero", torch.tensor(128.0))
 
     def quantize_input(self, x, pad=None):
-        """x as int8 q - 128, q = clamp(round(x / scale) + zero, 0, 255): the uint8 level shifted into int8.
+        """x as int8 q - 128, q = clamp(round(x / scale) + zero, 0, levels): the uint8 level shifted into int8.
         `pad` (F.pad order) pads with the zero point, the level that dequantizes to exactly 0."""
-        q = torch.clamp(torch.round(x * (1.0 / self.x_scale)), -self.x_zero, 255 - self.x_zero)  # q - zero
+        q = torch.clamp(torch.round(x * (1.0 / self.x_scale)), -self.x_zero, self.levels - self.x_zero)  # q - zero
         if pad is not None:
             q = F.pad(q, pad)
         return q.add_(self.x_zero - 128).to(torch.int8)
@@ -124,8 +133,8 @@ class Int8Conv(Int8Linear):
 
     _emit_deps = (Int8Linear,)
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride, dilation, pad, bias=True):
-        super().__init__(in_channels * math.prod(kernel_size), out_channels, bias)
+    def __init__(self, in_channels, out_channels, kernel_size, stride, dilation, pad, bias=True, levels=255):
+        super().__init__(in_channels * math.prod(kernel_size), out_channels, bias, levels)
         self.kernel_size, self.stride, self.dilation = tuple(kernel_size), tuple(stride), tuple(dilation)
         self.pad = tuple(pad)  # F.pad order: last dim first, (lo, hi) each
 
@@ -153,7 +162,7 @@ def _qdq_reference(m, x):
         top = torch.finfo(dtype).max
         return torch.clamp(x, -top, top).to(dtype).double()
     s, z = float(m.scale), float(m.zero_point)
-    return (torch.clamp(torch.round(x.double() / s) + z, 0, 255) - z) * s
+    return (torch.clamp(torch.round(x.double() / s) + z, 0, m.levels) - z) * s
 
 
 def _deq(m):
@@ -162,7 +171,7 @@ def _deq(m):
 
 def _xdq(m, x):
     s, z = float(m.x_scale), float(m.x_zero)
-    return (torch.clamp(torch.round(x.double() / s) + z, 0, 255) - z) * s
+    return (torch.clamp(torch.round(x.double() / s) + z, 0, m.levels) - z) * s
 
 
 def _linear_reference(m, x):
@@ -185,25 +194,26 @@ op("cast", Attr("to", "str", choices=DTYPES),
    doc="Convert to a dtype where a tensor enters or leaves a bf16 / fp16 region (inserted by lower_precision).",
    examples=(({"to": "float64"}, [(3, 7)]), ({"to": "float64"}, [(2, 5, 3)]), ({"to": "float64"}, [(4,)])))
 
-op("quantize", Attr("scheme", "str", "int8", choices=SCHEMES),
-   shape=lambda a, ins: tuple(ins[0]), torch=lambda a, ins: (QuantDequant, dict(scheme=a.scheme)),
+op("quantize", Attr("scheme", "str", "int8", choices=SCHEMES), LEVELS,
+   shape=lambda a, ins: tuple(ins[0]), torch=lambda a, ins: (QuantDequant, dict(scheme=a.scheme, levels=a.levels)),
    reference=_qdq_reference, category="kernel",
    doc="Quantize-dequantize an activation (int8: the trained observer's scale and zero point; fp8: rounding).",
-   examples=(({}, [(3, 9)]), ({"scheme": "fp8_e4m3"}, [(2, 5, 3)]), ({"scheme": "fp8_e5m2"}, [(4, 6)])))
+   examples=(({}, [(3, 9)]), ({"levels": 127}, [(4, 7)]), ({"scheme": "fp8_e4m3"}, [(2, 5, 3)]),
+             ({"scheme": "fp8_e5m2"}, [(4, 6)])))
 
 
 def _int8_linear_shape(a, ins):
     return (a.out, *ins[0][1:])
 
 
-op("int8_linear", Attr("out", "int", check=positive), Attr("bias", "bool", True),
+op("int8_linear", Attr("out", "int", check=positive), Attr("bias", "bool", True), LEVELS,
    shape=_int8_linear_shape,
    params=lambda a, ins: ins[0][0] * a.out + (a.out if a.bias else 0),
    macs=lambda a, ins, out: numel(out) * ins[0][0],
-   torch=lambda a, ins: (Int8Linear, dict(in_features=ins[0][0], out_features=a.out, bias=a.bias)),
+   torch=lambda a, ins: (Int8Linear, dict(in_features=ins[0][0], out_features=a.out, bias=a.bias, levels=a.levels)),
    reference=_linear_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
    doc="Linear / 1x1 conv over the channel axis with int8 weights and activations, int32 accumulation.",
-   examples=(({"out": 5}, [(7,)]), ({"out": 3, "bias": False}, [(4, 5, 6)]), ({"out": 6}, [(9, 11)])))
+   examples=(({"out": 5}, [(7,)]), ({"out": 3, "bias": False}, [(4, 5, 6)]), ({"out": 6, "levels": 127}, [(9, 11)])))
 
 
 def _int8_conv_shape(a, ins):
@@ -217,13 +227,13 @@ def _int8_conv_shape(a, ins):
 def _int8_conv_torch(a, ins):
     pad = [p for i in reversed(range(len(a.k))) for p in (a.pad_lo[i], a.pad_hi[i])]
     return Int8Conv, dict(in_channels=ins[0][0], out_channels=a.out, kernel_size=a.k, stride=a.stride,
-                          dilation=a.dilation, pad=pad, bias=a.bias)
+                          dilation=a.dilation, pad=pad, bias=a.bias, levels=a.levels)
 
 
 op("int8_conv", Attr("out", "int", check=positive), Attr("k", "ints", check=positive),
    Attr("stride", "ints", 1, check=positive), Attr("dilation", "ints", 1, check=positive),
    Attr("pad_lo", "ints", 0, check=non_negative), Attr("pad_hi", "ints", 0, check=non_negative),
-   Attr("bias", "bool", True),
+   Attr("bias", "bool", True), LEVELS,
    shape=_int8_conv_shape,
    params=lambda a, ins: ins[0][0] * math.prod(a.k) * a.out + (a.out if a.bias else 0),
    macs=lambda a, ins, out: numel(out) * ins[0][0] * math.prod(a.k),
@@ -232,4 +242,5 @@ op("int8_conv", Attr("out", "int", check=positive), Attr("k", "ints", check=posi
    doc="Dense 1-D / 2-D conv with int8 weights and activations (im2col + int32 matmul).",
    examples=(({"out": 4, "k": 3, "pad_lo": 1, "pad_hi": 1}, [(3, 11)]),
              ({"out": 5, "k": [3, 2], "stride": 2, "pad_lo": [1, 0], "pad_hi": [0, 1]}, [(2, 7, 6)]),
-             ({"out": 3, "k": 5, "stride": 2, "dilation": 2, "pad_lo": 2, "pad_hi": 1, "bias": False}, [(4, 17)])))
+             ({"out": 3, "k": 5, "stride": 2, "dilation": 2, "pad_lo": 2, "pad_hi": 1, "bias": False, "levels": 127},
+              [(4, 17)])))

@@ -19,7 +19,10 @@ inputs give float32). Where a quantized tensor leaves a region a `cast` dequanti
 Exactness comes first: on a CPU whose quantized conv / linear kernels saturate (fbgemm without AVX-512 VNNI
 sums uint8 x int8 pairs in int16; `_QuantizedOp.kernels_exact` probes it once per process) qconv and qlinear
 compute QAT's float32 arithmetic on the dequantized operands instead and requantize the result: the same
-numbers at fp32 speed, rather than outputs off by tens of levels.
+numbers at fp32 speed, rather than outputs off by tens of levels. A model whose activations were trained or
+calibrated on 7 bits (``levels=127``: archdsl.quant.set_activation_bits) never reaches the saturation
+(127 * 127 * 2 < 32767), so there the int8 kernels run: each input is clamped to level 127 of its grid, as
+QAT clipped it.
 
 Weights are held as int8 buffers plus scales, so the state_dict loads like any other; the prepacked kernel
 weights are built on first use and after load_state_dict / .to() (edit the buffers before the first call).
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archdsl.ops.precision_ops import LEVELS
 from archdsl.ops.registry import Attr, non_negative, op, positive
 from archdsl.ops.shapes import numel
 
@@ -50,41 +54,48 @@ def _quantize(x, scale, zero):
     return q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q
 
 
+def _clip(q, top):
+    """A quantized tensor's levels above `top` (127 on 7-bit activations) set to `top`, as QAT clipped them."""
+    return q if top == 255 else torch.clamp(q, max=(top - q.q_zero_point()) * q.q_scale())
+
+
 class _QuantizedOp(nn.Module):
     """Buffers and caching shared by the quantized kernels: the input and output (scale, zero point), and the
     packed weights built from ``qweight`` / ``wscale`` / ``bias`` when they change."""
 
     _frozen_weights = ("qweight", "bias")  # trained weights held as buffers: counted as parameters
-    _exact: dict = {}  # quantized engine -> whether its int8 conv / linear are exact here (probed once)
-    _emit_deps = (_quantize,)
+    _exact: dict = {}  # (quantized engine, top level) -> whether its int8 conv / linear are exact (probed once)
+    _emit_deps = (_quantize, _clip)
 
     @staticmethod
-    def kernels_exact() -> bool:
-        """Whether the backend's quantized conv and linear sum uint8 x int8 products exactly. fbgemm without
-        AVX-512 VNNI multiplies adjacent pairs into a saturating int16 (vpmaddubsw), and 255 * 127 * 2 > 32767:
-        full-range uint8 activations, what QAT trains, come out wrong by up to tens of levels (torch.ao's x86
-        recipe avoids it with 7-bit activations, `reduce_range`). Probed with the worst case: every level 255,
-        every weight 127, 64 channels; exact 2,072,640 -> level 207 on a 10,000 grid, saturated 105."""
+    def kernels_exact(levels: int = 255) -> bool:
+        """Whether the backend's quantized conv and linear sum uint8 x int8 products exactly for activation
+        levels up to `levels`. fbgemm without AVX-512 VNNI multiplies adjacent pairs into a saturating int16
+        (vpmaddubsw), and 255 * 127 * 2 > 32767: full-range uint8 activations come out wrong by up to tens of
+        levels, 7-bit ones fit (torch.ao's x86 recipe, `reduce_range`). Probed with the worst case: every
+        level `levels`, every weight 127, 64 channels; exact 2,072,640 -> level 207 on a 10,000 grid (255),
+        1,032,256 -> 103 (127); saturated 105."""
         engine = torch.backends.quantized.engine
-        if engine not in _QuantizedOp._exact:
+        if (engine, levels) not in _QuantizedOp._exact:
             ones = torch.ones(1, dtype=torch.double)
             w = torch.quantize_per_channel(torch.full((1, 64), 127.0), ones, torch.zeros(1, dtype=torch.long), 0,
                                            torch.qint8)
-            x = torch.quantize_per_tensor(torch.full((1, 64), 255.0), 1.0, 0, torch.quint8)
+            x = torch.quantize_per_tensor(torch.full((1, 64), float(levels)), 1.0, 0, torch.quint8)
             try:
                 conv = torch.ops.quantized.conv2d_prepack(w.reshape(1, 64, 1, 1), None, [1, 1], [0, 0], [1, 1], 1)
                 lin = torch.ops.quantized.linear_prepack(w, None)
                 y = (torch.ops.quantized.conv2d(x.reshape(1, 64, 1, 1), conv, 1e4, 0),
                      torch.ops.quantized.linear(x, lin, 1e4, 0))
-                exact = all(int(t.int_repr().flatten()[0]) == 207 for t in y)
+                expect = round(64 * levels * 127 / 1e4)
+                exact = all(int(t.int_repr().flatten()[0]) == expect for t in y)
             except RuntimeError:  # an engine without per-channel conv / linear: the float path runs anywhere
                 exact = False
-            _QuantizedOp._exact[engine] = exact
-        return _QuantizedOp._exact[engine]
+            _QuantizedOp._exact[(engine, levels)] = exact
+        return _QuantizedOp._exact[(engine, levels)]
 
-    def __init__(self, weight_shape, bias, relu, dequantize):
+    def __init__(self, weight_shape, bias, relu, dequantize, levels=255):
         super().__init__()
-        self.relu, self.dequantize = relu, dequantize
+        self.relu, self.dequantize, self.levels = relu, dequantize, levels
         if weight_shape is not None:
             self.register_buffer("qweight", torch.randint(-127, 128, weight_shape, dtype=torch.int8))
             # placeholders until a state_dict loads (not round numbers: no value lands exactly between levels)
@@ -123,18 +134,19 @@ class _QuantizedOp(nn.Module):
     def _bias(self):
         return self.bias.float() if self.bias is not None else None
 
-    @staticmethod
-    def _input(x, xs, xz):
+    def _input(self, x, xs, xz):
         """x as this node reads it: a float tensor quantized with the node's observer (xs, xz); a quantized one
         as it comes, unless its grid reaches past that observer's range (a wider reader chose the grid), where
         QAT clipped: then requantized onto the node's grid (a classifier whose observer stopped at 3.5 read a
-        flatten grid up to 5.4: logits off by 10 without it)."""
+        flatten grid up to 5.4: logits off by 10 without it). On 7-bit activations, clamped to level 127."""
+        top = self.levels
         if not x.is_quantized:
-            return _quantize(x, xs, xz)
-        s, z, tol = x.q_scale(), x.q_zero_point(), 1e-4 * xs
-        if z * s > xz * xs + tol or (255 - z) * s > (255 - xz) * xs + tol:
-            return _quantize(x.dequantize(), xs, xz)
-        return x
+            q = _quantize(x, xs, xz)
+        else:
+            s, z, tol = x.q_scale(), x.q_zero_point(), 1e-4 * xs
+            past = z * s > xz * xs + tol or (top - z) * s > (top - xz) * xs + tol
+            q = _quantize(x.dequantize(), xs, xz) if past else x
+        return _clip(q, top)
 
     def _float_weight(self):
         """The float32 weight QAT multiplied with: int8 level x channel scale."""
@@ -151,18 +163,18 @@ class _QuantizedOp(nn.Module):
 class QConv(_QuantizedOp):
     """A 1-D / 2-D convolution on quantized tensors, ReLU optionally fused, result requantized."""
 
-    _emit_deps = (_QuantizedOp, _quantize)
+    _emit_deps = (_QuantizedOp, _quantize, _clip)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1, bias=True,
-                 relu=False, dequantize=False):
-        super().__init__((out_channels, in_channels // groups, *kernel_size), bias, relu, dequantize)
+                 relu=False, dequantize=False, levels=255):
+        super().__init__((out_channels, in_channels // groups, *kernel_size), bias, relu, dequantize, levels)
         self.stride, self.padding, self.dilation, self.groups = list(stride), list(padding), list(dilation), groups
         name = f"conv{len(kernel_size)}d"
         self._prepack = getattr(torch.ops.quantized, name + "_prepack")
         self._kernel = getattr(torch.ops.quantized, name + ("_relu" if relu else ""))
 
     def _pack(self):
-        if not self.kernels_exact():  # the float32 weight: the conv runs in float32 on the dequantized input
+        if not self.kernels_exact(self.levels):  # the float32 weight: a float32 conv on the dequantized input
             return self._float_weight(), self._bias()
         return self._prepack(self._qweight(), self._bias(), self.stride, self.padding, self.dilation, self.groups)
 
@@ -180,15 +192,16 @@ class QLinear(_QuantizedOp):
     """y = x W^T + b over the channel axis (dim 1) of quantized tensors, ReLU optionally fused, result
     requantized."""
 
-    _emit_deps = (_QuantizedOp, _quantize)
+    _emit_deps = (_QuantizedOp, _quantize, _clip)
 
-    def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False, requantize=True):
-        super().__init__((out_features, in_features), bias, relu, dequantize)
+    def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False, requantize=True,
+                 levels=255):
+        super().__init__((out_features, in_features), bias, relu, dequantize, levels)
         self.requantize = requantize
         self._kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
 
     def _pack(self):
-        if not self.requantize or not self.kernels_exact():  # float32 weight, float32 product
+        if not self.requantize or not self.kernels_exact(self.levels):  # float32 weight, float32 product
             return self._float_weight()
         return torch.ops.quantized.linear_prepack(self._qweight(), self._bias())
 
@@ -219,24 +232,24 @@ class QAdd(_QuantizedOp):
     requantized. A float argument is quantized with ``x_scale`` / ``x_zero``."""
 
     _frozen_weights = ()
-    _emit_deps = (_QuantizedOp, _quantize)
+    _emit_deps = (_QuantizedOp, _quantize, _clip)
 
-    def __init__(self, relu=False, dequantize=False):
-        super().__init__(None, False, relu, dequantize)
+    def __init__(self, relu=False, dequantize=False, levels=255):
+        super().__init__(None, False, relu, dequantize, levels)
         self._kernel = torch.ops.quantized.add_relu if relu else torch.ops.quantized.add
 
     def forward(self, a, b):
         _, xs, xz, ys, yz = self._prepared()
-        qa, qb = (t if t.is_quantized else _quantize(t, xs, xz) for t in (a, b))
+        qa, qb = (_clip(t if t.is_quantized else _quantize(t, xs, xz), self.levels) for t in (a, b))
         return self._result(self._kernel(qa, qb, ys, yz), a)
 
 
 # ---- references, written another way: dequantize everything, compute in float64 -----------------------
 
-def _levels(x, scale, zero):
-    """float64 values of x rounded onto the uint8 grid (scale, zero point)."""
+def _levels(x, scale, zero, top=255):
+    """float64 values of x rounded onto the uint8 grid (scale, zero point), levels 0..top."""
     s, z = float(scale), float(zero)
-    return (torch.clamp(torch.round(x.double() / s) + z, 0, 255) - z) * s
+    return (torch.clamp(torch.round(x.double() / s) + z, 0, top) - z) * s
 
 
 def _requantize(m, y):
@@ -256,18 +269,19 @@ def _bias64(m):
 
 def _conv_reference(m, x):
     conv = F.conv1d if x.dim() == 3 else F.conv2d
-    y = conv(_levels(x, m.x_scale, m.x_zero), _weight64(m), _bias64(m), m.stride, m.padding, m.dilation, m.groups)
+    y = conv(_levels(x, m.x_scale, m.x_zero, m.levels), _weight64(m), _bias64(m), m.stride, m.padding, m.dilation,
+             m.groups)
     return _requantize(m, y)
 
 
 def _linear_reference(m, x):
-    y = torch.einsum("nc...,oc->no...", _levels(x, m.x_scale, m.x_zero), _weight64(m))
+    y = torch.einsum("nc...,oc->no...", _levels(x, m.x_scale, m.x_zero, m.levels), _weight64(m))
     b = _bias64(m)
     return _requantize(m, y + b.view(-1, *([1] * (x.dim() - 2))) if b is not None else y)
 
 
 def _add_reference(m, a, b):
-    return _requantize(m, _levels(a, m.x_scale, m.x_zero) + _levels(b, m.x_scale, m.x_zero))
+    return _requantize(m, _levels(a, m.x_scale, m.x_zero, m.levels) + _levels(b, m.x_scale, m.x_zero, m.levels))
 
 
 # ---- registrations --------------------------------------------------------------------------------------
@@ -281,13 +295,13 @@ def _qconv_shape(a, ins):
 op("qconv", Attr("out", "int", check=positive), Attr("k", "ints", check=positive),
    Attr("stride", "ints", 1, check=positive), Attr("padding", "ints", 0, check=non_negative),
    Attr("dilation", "ints", 1, check=positive), Attr("groups", "int", 1, check=positive),
-   Attr("bias", "bool", True), Attr("relu", "bool", False), Attr("dequantize", "bool", False),
+   Attr("bias", "bool", True), Attr("relu", "bool", False), Attr("dequantize", "bool", False), LEVELS,
    shape=_qconv_shape,
    params=lambda a, ins: ins[0][0] // a.groups * math.prod(a.k) * a.out + (a.out if a.bias else 0),
    macs=lambda a, ins, out: numel(out) * ins[0][0] // a.groups * math.prod(a.k),
    torch=lambda a, ins: (QConv, dict(in_channels=ins[0][0], out_channels=a.out, kernel_size=a.k, stride=a.stride,
                                      padding=a.padding, dilation=a.dilation, groups=a.groups, bias=a.bias,
-                                     relu=a.relu, dequantize=a.dequantize)),
+                                     relu=a.relu, dequantize=a.dequantize, levels=a.levels)),
    reference=_conv_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
    spatial_dims=(1, 2),
    doc="Conv on quantized uint8 activations and per-channel int8 weights (PyTorch's quantized kernels).",
@@ -295,24 +309,28 @@ op("qconv", Attr("out", "int", check=positive), Attr("k", "ints", check=positive
              ({"out": 6, "k": [3, 2], "stride": 2, "padding": [1, 0], "groups": 2, "relu": True,
                "dequantize": True}, [(4, 7, 6)]),
              ({"out": 3, "k": 5, "stride": 2, "dilation": 2, "padding": 2, "bias": False, "dequantize": True},
-              [(4, 17)])))
+              [(4, 17)]),
+             ({"out": 5, "k": 3, "padding": 1, "relu": True, "dequantize": True, "levels": 127}, [(6, 5, 7)])))
 
 op("qlinear", Attr("out", "int", check=positive), Attr("bias", "bool", True), Attr("relu", "bool", False),
-   Attr("dequantize", "bool", False), Attr("requantize", "bool", True),
+   Attr("dequantize", "bool", False), Attr("requantize", "bool", True), LEVELS,
    shape=lambda a, ins: (a.out, *ins[0][1:]),
    params=lambda a, ins: ins[0][0] * a.out + (a.out if a.bias else 0),
    macs=lambda a, ins, out: numel(out) * ins[0][0],
    torch=lambda a, ins: (QLinear, dict(in_features=ins[0][0], out_features=a.out, bias=a.bias, relu=a.relu,
-                                       dequantize=a.dequantize, requantize=a.requantize)),
+                                       dequantize=a.dequantize, requantize=a.requantize, levels=a.levels)),
    reference=_linear_reference, category="kernel", flop_counter_exact=False, precisions=("int8",),
    spatial_dims=(0, 1, 2),
    doc="Linear over the channel axis of quantized uint8 activations, per-channel int8 weights (PyTorch's "
        "quantized kernels).",
    examples=(({"out": 5, "dequantize": True}, [(7,)]), ({"out": 3, "relu": True, "dequantize": True}, [(9, 4)]),
-             ({"out": 4, "bias": False, "dequantize": True}, [(6, 3, 5)])))
+             ({"out": 4, "bias": False, "dequantize": True}, [(6, 3, 5)]),
+             ({"out": 6, "dequantize": True, "levels": 127}, [(10, 4)])))
 
-op("qadd", Attr("relu", "bool", False), Attr("dequantize", "bool", False),
-   shape=lambda a, ins: tuple(ins[0]), torch=lambda a, ins: (QAdd, dict(relu=a.relu, dequantize=a.dequantize)),
+op("qadd", Attr("relu", "bool", False), Attr("dequantize", "bool", False), LEVELS,
+   shape=lambda a, ins: tuple(ins[0]),
+   torch=lambda a, ins: (QAdd, dict(relu=a.relu, dequantize=a.dequantize, levels=a.levels)),
    reference=_add_reference, arity=2, category="kernel", precisions=("int8",),
    doc="Residual add of two quantized tensors, requantized (PyTorch's quantized add).",
-   examples=(({"dequantize": True}, [(3, 9), (3, 9)]), ({"relu": True, "dequantize": True}, [(4, 5, 6), (4, 5, 6)])))
+   examples=(({"dequantize": True}, [(3, 9), (3, 9)]), ({"relu": True, "dequantize": True}, [(4, 5, 6), (4, 5, 6)]),
+             ({"dequantize": True, "levels": 127}, [(3, 8), (3, 8)])))

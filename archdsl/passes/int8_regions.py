@@ -49,7 +49,7 @@ def _widest(candidates):
         return None
     if UNKNOWN in candidates:
         return UNKNOWN
-    return max(candidates, key=lambda qp: qp[0])
+    return max(candidates, key=lambda qp: qp[0] * qp[2])  # scale x levels: the range
 
 
 def output_qparams(G, node, weights, through_add=True):
@@ -78,19 +78,26 @@ def _after_fused_relu(G, node, weights):
     own = _observed(G, relu, weights)
     if after is not None or own in (None, UNKNOWN):
         return after or own
-    scale, zero = own
-    return (scale * (255 - zero) / 255, 0)
+    scale, zero, levels = own
+    return (scale * (levels - zero) / levels, 0, levels)
 
 
-def kernel_for(G, node) -> tuple[str, dict] | None:
-    """(op, attrs) of the quantized kernel for a conv / linear node, or None (the reason is the caller's)."""
+def levels(qp) -> int:
+    """The top uint8 level of an observer's grid: 255, or 127 for 7-bit activations (UNKNOWN: 255)."""
+    return qp[2] if isinstance(qp, tuple) else 255
+
+
+def kernel_for(G, node, x_qp=UNKNOWN) -> tuple[str, dict] | None:
+    """(op, attrs) of the quantized kernel for a conv / linear node reading on grid `x_qp`, or None (the
+    reason is the caller's)."""
     d = G.nodes[node]
     shape = G.nodes[inputs(G, node)[0]]["shape"]
+    top = levels(x_qp)
     if d["op"] == "linear":
         if len(shape) == 1:
-            return "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias)
+            return "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias, levels=top)
         if len(shape) in (2, 3):  # over the channel axis: a conv with a 1-wide kernel
-            return "qconv", dict(out=d["attrs"].out, k=1, bias=d["attrs"].bias)
+            return "qconv", dict(out=d["attrs"].out, k=1, bias=d["attrs"].bias, levels=top)
         return None
     if d["op"] not in ("conv", "pwconv", "dwconv"):
         return None
@@ -98,7 +105,7 @@ def kernel_for(G, node) -> tuple[str, dict] | None:
     if len(g.k) not in (1, 2) or any(lo != hi for lo, hi in g.pads):
         return None
     return "qconv", dict(out=g.out, k=g.k, stride=g.stride, padding=tuple(lo for lo, _ in g.pads),
-                         dilation=g.dilation, groups=g.groups, bias=bool(d["attrs"].get("bias", True)))
+                         dilation=g.dilation, groups=g.groups, bias=bool(d["attrs"].get("bias", True)), levels=top)
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,13 +159,13 @@ def lower_int8(G, weights, res) -> tuple[set, set]:
         if d["op"] == "add" and len(srcs) == 2 and any(s in quantized for s in srcs):
             # the arguments' trained range; a model trained before adds had observers: the result's range
             x_qp = _observed(G, node, weights) or y_qp
-            set_op(G, node, "qadd", {})
+            set_op(G, node, "qadd", {"levels": levels(x_qp)})
             if weights is not None:
                 weights[node] = {**_qp_state("x", x_qp, torch.float32), **_qp_state("y", y_qp, torch.float32)}
             res.changed.append(f"{node}: add -> qadd (quantized add)")
         else:
             x_qp = _observed(G, node, weights)
-            kernel = kernel_for(G, node) if x_qp is not None else None
+            kernel = kernel_for(G, node, x_qp) if x_qp is not None else None
             if kernel is None:
                 continue
             was, cin, keys = d["op"], G.nodes[srcs[0]]["shape"][0], weight_keys(G, node)
@@ -181,9 +188,10 @@ def _float_result_linear(G, node, weights, res) -> bool:
     if d["op"] != "linear" or x_qp is None or len(G.nodes[inputs(G, node)[0]]["shape"]) != 1:
         return False
     cin, keys = G.nodes[inputs(G, node)[0]]["shape"][0], weight_keys(G, node)
-    set_op(G, node, "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias, requantize=False))
+    set_op(G, node, "qlinear", dict(out=d["attrs"].out, bias=d["attrs"].bias, requantize=False,
+                                    levels=levels(x_qp)))
     if weights is not None:
-        weights[node] = _kernel_state(weights[node], keys, (d["attrs"].out, cin), x_qp, (1.0, 0))
+        weights[node] = _kernel_state(weights[node], keys, (d["attrs"].out, cin), x_qp, (1.0, 0, 255))
     res.changed.append(f"{node}: linear -> qlinear (oneDNN int8 kernel, float32 result)")
     return True
 

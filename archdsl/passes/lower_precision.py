@@ -28,7 +28,7 @@ import torch
 from archdsl.ir.graph import add_op, inputs, order
 from archdsl.ops.registry import get_op
 from archdsl.ir.modules import conv_geometry, meta_module, spec_of, weight_keys
-from archdsl.passes.int8_regions import QUINT8, UNKNOWN, lower_int8
+from archdsl.passes.int8_regions import QUINT8, UNKNOWN, levels, lower_int8
 from archdsl.passes.result import PassResult
 from archdsl.passes.rewrite import redirect, set_op
 from archdsl.quant import DEPLOY_DTYPE, LOW_FLOAT_DTYPES
@@ -141,8 +141,9 @@ def _add_quantize(G, weights, src, node, made) -> str:
     key = (src, scheme, qp)
     if key not in made:
         name = _fresh(G, f"{src}_q{scheme[:4]}".replace("fp8_", "fp8"))
-        made[key] = add_op(G, name, "quantize", [src], attrs=get_op("quantize").bind([], {"scheme": scheme},
-                                                                                     [G.nodes[src]["shape"]]),
+        attrs = {"scheme": scheme, **({"levels": levels(qp)} if scheme == "int8" else {})}
+        bound = get_op("quantize").bind([], attrs, [G.nodes[src]["shape"]])
+        made[key] = add_op(G, name, "quantize", [src], attrs=bound,
                            shape=G.nodes[src]["shape"], span=d.get("span"), precision=d["precision"],
                            layout=G.nodes[src]["layout"])  # quantizes in fp32, as training did
         if weights is not None:
@@ -211,7 +212,7 @@ def lower_precision(G: nx.DiGraph, weights) -> PassResult:
             if weights is not None:
                 weights[node] = _int8_state(G, node, weights[node], qp)
             was = d["op"]
-            set_op(G, node, *kernel)
+            set_op(G, node, kernel[0], {**kernel[1], "levels": levels(qp)})
             res.changed.append(f"{node}: {was} -> {kernel[0]} (int8 x int8 -> int32)")
             continue
         if weights is not None and weights.get(node):

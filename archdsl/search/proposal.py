@@ -70,7 +70,7 @@ class ArchProposer:
     def _latency(self, G, study) -> float:
         args = latency_args(self.spec)
         try:
-            module = _deploy(G, archdsl.compile(G))
+            module = _deploy(G, archdsl.compile(G), args["act_bits"])
         except ArchError:
             return float("inf")  # not compilable: the trial will say why; never preferred
         timing = measure_paired(module, G.nodes[G.graph["input"]]["shape"], batch=args["batch"],

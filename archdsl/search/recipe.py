@@ -38,6 +38,7 @@ class Recipe:
     device: str = "auto"
     precision: str = "fp32"
     workers: int = 0
+    act_bits: int = 8  # int8 regions' activations: 7 bits lets fbgemm's kernels run exactly without VNNI
 
     @property
     def warmup_epochs(self) -> float:
@@ -76,6 +77,10 @@ def from_args(args: dict, span: Span | None = None) -> Recipe:
         if args["optimizer"] not in OPTIMIZERS:
             bad("optimizer", "use adamw or sgd")
         out["optimizer"] = args["optimizer"]
+    if "act_bits" in args:
+        if args["act_bits"] not in (7, 8) or isinstance(args["act_bits"], bool):
+            bad("act_bits", "give 8 (uint8 activations) or 7 (0..127, for int8 kernels on CPUs without VNNI)")
+        out["act_bits"] = args["act_bits"]
     if "precision" in args:
         if args["precision"] not in PRECISIONS:
             bad("precision", "train in fp32, bf16 or fp16")

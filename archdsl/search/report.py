@@ -231,7 +231,8 @@ def _remeasure(study, members: list) -> None:
     for m in members:
         if m.get("exact_resolution"):
             G = archdsl.build(archdsl.parse(m["arch"]))
-            modules[m["number"]] = (_deploy(G, archdsl.compile(G)), G.nodes[G.graph["input"]]["shape"])
+            modules[m["number"]] = (_deploy(G, archdsl.compile(G), args.get("act_bits", 8)),
+                                    G.nodes[G.graph["input"]]["shape"])
     if not modules:
         return
     timing = measure_together(modules, batch=args["batch"], device=args["device"], precision=args["precision"],

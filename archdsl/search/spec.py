@@ -16,7 +16,7 @@ from archdsl.frontend import ast as A
 
 METRICS = {  # name -> (default direction, allowed arguments)
     "accuracy": ("maximize", {"epochs", "batch", "lr", "weight_decay", "optimizer", "warmup", "label_smoothing",
-                              "clip", "device", "precision", "workers"}),  # see recipe.py
+                              "clip", "device", "precision", "workers", "act_bits"}),  # see recipe.py
     "latency": ("minimize", {"batch", "device", "precision", "runs", "threads"}),
     "params": ("minimize", set()),
     "macs": ("minimize", set()),

@@ -24,6 +24,7 @@ from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
+from archdsl.quant import set_activation_bits
 from archdsl.search.checkpoint import Checkpoint
 from archdsl.search.interrupt import Interrupts
 from archdsl.search.latency import measure_paired
@@ -143,6 +144,8 @@ class TrialRunner:
         seed = (int(h[:8], 16) + self.seed) % (2**31)
         torch.manual_seed(seed)
         module = archdsl.compile(G)
+        if self.recipe.act_bits != 8:  # before latency: the deploy kernels depend on it
+            set_activation_bits(module, self.recipe.act_bits)
         if self._needs("latency"):
             timing = self._latency(trial, G, module, earlier)
             for k, v in timing.items():
@@ -212,9 +215,9 @@ class TrialRunner:
             return {k: earlier.user_attrs[k] for k in LATENCY_ATTRS if k in earlier.user_attrs}
         args = latency_args(self.spec)
         with self.interrupts.live():
-            timing = measure_paired(_deploy(G, module), G.nodes[G.graph["input"]]["shape"], batch=args["batch"],
-                                    device=args["device"], precision=args["precision"], runs=args["runs"],
-                                    n_threads=args["threads"])
+            timing = measure_paired(_deploy(G, module, args["act_bits"]), G.nodes[G.graph["input"]]["shape"],
+                                    batch=args["batch"], device=args["device"], precision=args["precision"],
+                                    runs=args["runs"], n_threads=args["threads"])
         unit = trial.study.user_attrs.get("latency_reference_ms") or timing["reference_ms"]
         return {"latency_ms": round(timing["ratio"] * unit, 4), "latency_raw_ms": round(timing["ms"], 4),
                 "latency_ratio": round(timing["ratio"], 4)}
@@ -274,12 +277,13 @@ LATENCY_ATTRS = ("latency_ms", "latency_raw_ms", "latency_ratio")
 
 
 def latency_args(spec) -> dict:
-    """The deployment the latency(...) objective declares: batch, device, precision, threads, runs."""
+    """The deployment the latency(...) objective declares: batch, device, precision, threads, runs; and the
+    activation bits of int8 regions, from the training recipe (they choose the int8 kernels)."""
     o = spec.objective("latency")
     args = o.args if o else {}
     return {"batch": int(args.get("batch", 1)), "device": str(args.get("device", "cpu")),
             "precision": str(args.get("precision", "fp32")), "threads": int(args.get("threads", 1)),
-            "runs": int(args.get("runs", 30))}
+            "runs": int(args.get("runs", 30)), "act_bits": spec.recipe.act_bits}
 
 
 def _retried(trial) -> list[int]:
@@ -298,12 +302,12 @@ def _recipe_key(r: Recipe) -> str:
     return repr(replace(r, device="", workers=0))
 
 
-def _deploy(G, module):
+def _deploy(G, module, act_bits: int = 8):
     """What ships, for latency: the deploy graph, each region at its precision (int8 kernels included)."""
     try:
         with warnings.catch_warnings():  # the simulated-precision notice, once per trial, is noise here
             warnings.simplefilter("ignore", UserWarning)
-            return archdsl.compile(G, mode="deploy")
+            return archdsl.compile(G, mode="deploy", act_bits=act_bits)
     except ArchError:
         return module
 

@@ -196,7 +196,7 @@ def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
     ("epochs = 0", "epochs = 0"), ('lr = "x"', 'lr = ...) is "x", expected a number'), ("lr = 0", "above 0"), ("batch = 0", "batch = 0"),
     ("optimizer = lbfgs", "unknown name"), ("optimizer = fp32", "adamw or sgd"), ("precision = int8", "fp32, bf16 or fp16"),
     ("workers = -1", "workers = -1"), ("label_smoothing = 1", "below 1"), ("clip = -1", "clip = -1"),
-    ('device = "tpu"', "auto, cpu, cuda"), ("warmup = 5", "below epochs"),
+    ('device = "tpu"', "auto, cpu, cuda"), ("warmup = 5", "below epochs"), ("act_bits = 4", "give 8"),
 ])
 def test_bad_training_arguments_name_the_line(tmp_path, args, message):
     arch = write_arch(tmp_path, f"""

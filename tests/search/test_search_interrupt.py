@@ -17,10 +17,11 @@ from archdsl.search.study import open_study
 
 GRACE = 3
 ENV = {"ARCHDSL_HEARTBEAT_GRACE": str(GRACE), "ARCHDSL_HEARTBEAT_INTERVAL": "1"}
-# trials of a few seconds each: the signals must land inside one, on a quiet machine too
+# trials of a few seconds each: the signals must land inside one, on a quiet machine too (and on a loaded
+# one, where the test polls the study slowly)
 SPACE = CNN_SPACE + """
 search stop over digits {
-  maximize accuracy(epochs = 30)
+  maximize accuracy(epochs = 60)
 }
 """
 
