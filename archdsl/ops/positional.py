@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archdsl.errors import ArchError
 from archdsl.ops.registry import Attr, op, positive
 
 
@@ -74,6 +75,16 @@ def _reference(m, x):
     return torch.stack([out] * x.shape[0])
 
 
+def _shape(a, ins):
+    """(heads, N, N); the input is the grid's tokens (dim, N), so a grid that they do not fill is caught here."""
+    n = math.prod(a.size)
+    if len(ins[0]) != 2 or ins[0][1] != n:
+        raise ArchError(f"gpsa_pos(): the input {list(ins[0])} is not the tokens (dim, {n}) of the grid {list(a.size)}",
+                        hint=f"apply it to the (dim, N) tokens of an H x W grid with H * W = N (size = [H, W]); an "
+                             f"image (C, H, W) becomes tokens with flatten(1)")
+    return (a.heads, n, n)
+
+
 def _size_check(v):
     if not isinstance(v, (list, tuple)) or len(v) != 2 or any(
             isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in v):
@@ -85,14 +96,14 @@ op("gpsa_pos", Attr("heads", "int", check=positive),
    Attr("size", "any", check=_size_check, doc="the token grid [H, W]; N = H * W tokens, row-major"),
    Attr("locality_strength", "float", 1.0, check=lambda v: None if v >= 0 else "must be >= 0",
         doc="scales the local initialisation (ConViT's --locality_strength)"),
-   shape=lambda a, ins: (a.heads, math.prod(a.size), math.prod(a.size)),
+   shape=_shape, spatial_dims=(1,),
    params=lambda a, ins: 4 * a.heads,
    macs=lambda a, ins, out: 3 * math.prod(out),  # pos_proj: a 3-input dot product per head and token pair
    torch=lambda a, ins: (GpsaPos, dict(heads=a.heads, size=tuple(a.size), locality_strength=a.locality_strength)),
    reference=_reference, source=True, category="tensor",
    doc="ConViT's positional attention scores (heads, N, N) on an H x W token grid: pos_proj = linear(3 -> heads) "
        "of each pair's (dx, dy, dx^2 + dy^2), local init scaled by locality_strength; softmax it for GPSA (the "
-       "library's `gpsa`). No residual. Its input only gives the batch size.",
+       "library's `gpsa`). No residual. Its input is the grid's tokens (dim, N): only their batch size and N "
+       "are read.",
    examples=(({"heads": 4, "size": [3, 2]}, [(5, 6)]), ({"heads": 3, "size": [1, 5]}, [(2, 5)]),
-             ({"heads": 9, "size": [3, 3], "locality_strength": 0.5}, [(3, 3, 3)]),
-             ({"heads": 2, "size": [2, 2]}, [(4,)])))
+             ({"heads": 9, "size": [3, 3], "locality_strength": 0.5}, [(3, 9)]), ({"heads": 2, "size": [2, 2]}, [(1, 4)])))
