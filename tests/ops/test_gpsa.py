@@ -1,6 +1,6 @@
-"""ConViT's gated positional self-attention: the `gpsa_pos` op (positional scores, local init) against positions
-counted here, and the library's `gpsa` block against a float64 loop over heads and queries written from the
-official formula (facebookresearch/convit convit.py `GPSA.get_attention`), renormalisation included."""
+"""ConViT's positional attention scores, the `gpsa_pos` op: counts and scores worked out by hand, the official local
+initialisation (facebookresearch/convit convit.py `GPSA.local_init`) and what it does, gradients, bad grids.
+The library's `gpsa` block built on it is tested in tests/test_convit.py."""
 from __future__ import annotations
 
 import math
@@ -70,93 +70,3 @@ def test_gradients_of_the_projection():
 def test_a_grid_that_is_not_two_sizes_is_refused(size):
     with pytest.raises(ArchError, match=r"\[H, W\]"):
         get_op("gpsa_pos").bind([], {"heads": 2, "size": size}, [(4, 9)])
-
-
-# ---- the library's gpsa block -----------------------------------------------------------------------------------
-
-def _block(dim, heads, size, qkv_bias=False):
-    n = size[0] * size[1]
-    src = (f'import "attention"\nmodel g() {{ input x[{dim}, {n}]\n gpsa({dim}, {heads}, {size}, '
-           f'qkv_bias = {str(qkv_bias).lower()}) }}')
-    torch.manual_seed(0)
-    m = archdsl.compile(archdsl.build(archdsl.parse(src))).double()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.4 * torch.randn_like(p))
-    return m.eval(), src
-
-
-def ref_gpsa(x, p, pre, heads, size):
-    """The official GPSA, one head and one query at a time: content softmax(q.k / sqrt(hd)), positional
-    softmax(w . (dx, dy, dx^2 + dy^2) + b), (1 - sigmoid(g)) * content + sigmoid(g) * positional, divided by its sum
-    over the keys, weights v; then proj. x (B, C, N) -> (B, C, N), float64."""
-    b_, c, n = x.shape
-    hd = c // heads
-    w = lambda name: p[f"{pre}.{name}"]  # noqa: E731
-    qk = torch.einsum("oc,bcn->bon", w("qk.linear.weight"), x)
-    v = torch.einsum("oc,bcn->bon", w("v.linear.weight"), x)
-    if f"{pre}.qk.linear.bias" in p:
-        qk, v = qk + w("qk.linear.bias")[:, None], v + w("v.linear.bias")[:, None]
-    grid = [(r, col) for r in range(size[0]) for col in range(size[1])]
-    out = torch.zeros(b_, c, n, dtype=torch.float64)
-    for h in range(heads):
-        q, k, vh = (t[:, h * hd:(h + 1) * hd] for t in (qk[:, :c], qk[:, c:], v))
-        gate = 1.0 / (1.0 + math.exp(-float(w("gate.param.weight")[h, 0, 0])))
-        pw, pb = w("pos.gpsa_pos.weight")[h], w("pos.gpsa_pos.bias")[h]
-        for i, (ri, ci) in enumerate(grid):
-            content = torch.exp((q[:, :, i:i + 1] * k).sum(1) / math.sqrt(hd))
-            content = content / content.sum(-1, keepdim=True)
-            pos = torch.stack([pw[0] * (cj - ci) + pw[1] * (rj - ri) + pw[2] * ((cj - ci) ** 2 + (rj - ri) ** 2) + pb
-                               for rj, cj in grid])
-            pos = torch.exp(pos) / torch.exp(pos).sum()
-            attn = (1.0 - gate) * content + gate * pos[None]
-            attn = attn / attn.sum(-1, keepdim=True)
-            out[:, h * hd:(h + 1) * hd, i] = torch.einsum("bm,bdm->bd", attn, vh)
-    return torch.einsum("oc,bcn->bon", w("proj.linear.weight"), out) + w("proj.linear.bias")[:, None]
-
-
-@pytest.mark.parametrize("dim,heads,size,qkv_bias", [(12, 4, [3, 3], False), (9, 3, [2, 3], True),
-                                                     (8, 2, [1, 5], False)], ids=["square", "2x3-bias", "1d"])
-def test_block_equals_the_official_formula(dim, heads, size, qkv_bias):
-    m, src = _block(dim, heads, size, qkv_bias)
-    p = {k: v.double() for k, v in m.state_dict().items()}
-    x = torch.randn(3, dim, size[0] * size[1], dtype=torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(m(x), ref_gpsa(x, p, "gpsa", heads, size), rtol=1e-10, atol=1e-12)
-    # qk 2d*d, v d*d, proj d*d + d, pos_proj 4 * heads, gating heads (+ 3d for the qk and v biases)
-    want = 4 * dim * dim + dim + 5 * heads + (3 * dim if qkv_bias else 0)
-    assert nparams(m) == want == archdsl.ir.graph.totals(archdsl.build(archdsl.parse(src)))["params"]
-
-
-def test_block_gradients():
-    m, _ = _block(4, 2, [2, 2])
-    assert gradcheck_module(m, torch.randn(2, 4, 4, dtype=torch.float64))
-
-
-def test_the_gate_starts_at_one_and_mixes():
-    """gating_param starts at 1 (sigmoid 0.73 on the positional side); a gate of +40 leaves only the positional
-    attention (the output no longer depends on q and k), -40 only the content attention."""
-    m, _ = _block(6, 2, [2, 3])
-    fresh = archdsl.compile(archdsl.build(archdsl.parse(
-        'import "attention"\nmodel g() { input x[6, 6]\n gpsa(6, 2, [2, 3]) }')))
-    assert torch.equal(fresh.state_dict()["gpsa.gate.param.weight"], torch.ones(2, 1, 1))
-    x = torch.randn(2, 6, 6, dtype=torch.float64)
-    qk = m.state_dict()["gpsa.qk.linear.weight"]
-    outs = {}
-    with torch.no_grad():
-        for g in (40.0, -40.0):
-            m.state_dict()["gpsa.gate.param.weight"].fill_(g)
-            before = m(x)
-            qk.mul_(3.0)
-            outs[g] = (before - m(x)).abs().max()
-            qk.div_(3.0)
-    assert outs[40.0] < 1e-12 < 1e-3 < outs[-40.0]
-
-
-@pytest.mark.parametrize("shape", [(8, 10), (8, 3, 3)], ids=["10-tokens", "image"])
-def test_tokens_that_are_not_the_grid_are_refused_with_a_location(shape):
-    dims = ", ".join(map(str, shape))
-    with pytest.raises(ArchError) as e:
-        archdsl.build(archdsl.parse(f'import "attention"\nmodel g() {{ input x[{dims}]\n gpsa(8, 2, [3, 3]) }}'))
-    assert "not the tokens (dim, 9) of the grid [3, 3]" in e.value.message and "flatten(1)" in e.value.hint
-    assert e.value.span is not None and e.value.span.line > 0
