@@ -115,10 +115,11 @@ def test_tokens_that_are_not_the_grid_are_refused_with_a_location(shape):
 
 # ---- ConViT-Ti ------------------------------------------------------------------------------------------------
 
-def test_convit_ti_has_the_official_parameter_count():
-    """5,710,512: convit_tiny counted by formula from the official layer definitions (see the .arch header)."""
+def test_convit_ti_has_the_official_parameter_count_and_macs():
+    """5,710,512 parameters and 1,252,360,320 MACs at 224: convit_tiny counted by formula from the official layer
+    definitions (see the .arch header)."""
     G = archdsl.build(archdsl.parse(MODELS / "convit_ti.arch"))
-    assert totals(G)["params"] == 5_710_512
+    assert totals(G)["params"] == 5_710_512 and totals(G)["macs"] == 1_252_360_320
     assert sum(p.numel() for p in archdsl.compile(G).parameters()) == 5_710_512
 
 
