@@ -152,7 +152,7 @@ def ref_convit(x, p, heads, depth, local, patch):
 
 def test_a_small_convit_against_float64():
     """Two GPSA blocks on a 3 x 3 grid, the CLS token, one MHSA block; every weight random."""
-    G = archdsl.build(archdsl.parse(MODELS / "convit_ti.arch"), dim=8, heads=2, depth=3, local_layers=2, patch=4,
+    G = archdsl.build(archdsl.parse(MODELS / "convit_ti.arch"), dim=8, heads=2, depth=3, local_up_to_layer=2, patch=4,
                       size=12, classes=5)
     m = randomize(archdsl.compile(G).double(), scale=0.3)
     x = torch.randn(2, 3, 12, 12, dtype=torch.float64)

@@ -17,7 +17,7 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
 
 
 PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
-             "convit_ti": {"local_layers": 1}}  # one GPSA block, then the CLS token and an MHSA block
+             "convit_ti": {"local_up_to_layer": 1}}  # one GPSA block, then the CLS token and an MHSA block
 
 
 def small_overrides(path):
