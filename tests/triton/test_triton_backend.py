@@ -16,7 +16,9 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
          "size": 32, "classes": 5, "channels": 6, "dim": 32, "depth": 2, "key_dim": 8}
 
 
-PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]}}  # head counts that divide the small widths
+PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
+             "crossvit_9": {"large_size": 32},  # both branches read the 32x32 image
+             "raftmlp_s": {"kernels": [[4, 8], [2, 4], [2, 4], [2]]}}  # its own embedding kernels, not SMALL's
 
 
 def small_overrides(path):
