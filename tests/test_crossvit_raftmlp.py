@@ -105,11 +105,12 @@ def ref_raftmlp(x, p, dims, depths, kernels, raft):
     for i, (dim, depth, ks) in enumerate(zip(dims, depths, kernels)):
         s = ks[0]
         pre = f"level{i}.embed.cross_scale_embed"
-        convs = [p[f"{pre}.conv.weight"]] + ([p[f"{pre}.conv_1.weight"]] if len(ks) > 1 else [])
+        convs = [p[f"{pre}.embed.conv.weight"]] + [p[f"{pre}.wide{'_' + str(j) if j else ''}.conv.weight"]
+                                                   for j in range(len(ks) - 1)]
         cols = [F.unfold(x, k, padding=(k - s) // 2, stride=s) for k in ks]        # (B, cin * k * k, L)
         w = torch.cat([c.flatten(1) for c in convs], dim=1)                          # one linear on the concat
         side = x.shape[-1] // s
-        x = (torch.einsum("ok,bkl->bol", w, torch.cat(cols, dim=1)) + p[f"{pre}.conv.bias"][:, None])
+        x = (torch.einsum("ok,bkl->bol", w, torch.cat(cols, dim=1)) + p[f"{pre}.embed.conv.bias"][:, None])
         x = x.reshape(x.shape[0], dim, side, side)
         for d in range(depth):
             blk = f"level{i}.block{d}"
@@ -122,7 +123,7 @@ def ref_raftmlp(x, p, dims, depths, kernels, raft):
 
 
 def test_raftmlp_against_a_float64_implementation():
-    kw = dict(dims=[4, 6, 8], depths=[1, 2, 1], kernels=[[4, 8], [2, 4], [2]], size=16, classes=5)
+    kw = dict(dims=[4, 6, 8], depths=[1, 2, 1], kernels=[[4, 8, 16], [2, 4], [2]], size=16, classes=5)
     m = randomize(compiled(MODELS / "raftmlp_s.arch", **kw), scale=0.2)
     p = {k: v.double() for k, v in m.state_dict().items()}
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
