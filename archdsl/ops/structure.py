@@ -1,5 +1,5 @@
 """Structural ops: identity, layerscale, resscale, scale, flatten, reshape, permute, dropout, droppath, and the
-upsamplers upsample and subpixel (conv + pixel shuffle).
+upsamplers upsample, resize (to a fixed size) and subpixel (conv + pixel shuffle).
 
 None of them does MACs but subpixel (its conv's). Dropout and droppath are random only in training; their references give the eval
 behaviour (identity), which is what the registry tests compare.
@@ -257,6 +257,69 @@ op("upsample", Attr("scale", "int", 2, check=positive), Attr("mode", "str", "nea
    doc="Upsample every spatial dim by an integer factor (nearest, or (bi/tri)linear with align_corners=False).",
    examples=(({}, [(3, 4, 5)]), ({"mode": "linear"}, [(2, 5, 3)]), ({"scale": 3, "mode": "linear"}, [(3, 7)]),
              ({"scale": 3}, [(2, 5)]), ({"mode": "linear"}, [(2, 3, 2, 4)])))
+
+
+# ---- resize ---------------------------------------------------------------------------------------------
+# Resampling to a fixed size, as torch's interpolate with align_corners=False: CrossViT's large branch reads a
+# 240 x 240 image bicubically resized to 224 x 224 (IBM/CrossViT models/crossvit.py `forward_features`).
+
+_CUBIC_A = -0.75  # the cubic convolution constant of torch's (and OpenCV's) bicubic
+
+
+def _resize_shape(a, ins):
+    need_spatial("resize", ins[0], (1, 2))
+    if a.mode == "cubic" and len(ins[0]) != 3:
+        raise ArchError(f"resize(mode = \"cubic\") needs a 2-D input (C, H, W), got shape {list(ins[0])}",
+                        hint="torch has bicubic only in 2-D; use mode = \"linear\" on sequences")
+    return (ins[0][0], *a.size)
+
+
+def _resize_torch(a, ins):
+    mode = "bicubic" if a.mode == "cubic" else _LINEAR_MODE[len(ins[0]) - 1]
+    return nn.Upsample, dict(size=tuple(a.size), mode=mode, align_corners=False)
+
+
+def _resize_weights(n_in, n_out, cubic):
+    """Dense (n_out, n_in) matrix of one axis: output i samples source coordinate (i + 0.5) n_in / n_out - 0.5;
+    linear weighs its two neighbours (the coordinate clamped at 0), cubic its four with Keys' kernel (a = -0.75),
+    indices past the edge reading the edge."""
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        if not cubic:
+            src = max(src, 0.0)
+        lo = math.floor(src)
+        t = src - lo
+        if cubic:
+            taps = {-1: t + 1, 0: t, 1: 1 - t, 2: 2 - t}
+            for off, d in taps.items():
+                near = ((_CUBIC_A + 2) * d - (_CUBIC_A + 3)) * d * d + 1
+                far = ((_CUBIC_A * d - 5 * _CUBIC_A) * d + 8 * _CUBIC_A) * d - 4 * _CUBIC_A
+                w[i, min(max(lo + off, 0), n_in - 1)] += near if d <= 1 else far
+        else:
+            w[i, min(lo, n_in - 1)] += 1 - t
+            w[i, min(lo + 1, n_in - 1)] += t
+    return w
+
+
+def _resize_reference(m, x):
+    """One dense resampling matrix per spatial axis, applied in turn (both modes are separable)."""
+    x = x.double()
+    cubic = m.mode == "bicubic"
+    for axis, n_out in enumerate(m.size):
+        w = _resize_weights(x.shape[2 + axis], n_out, cubic)
+        x = torch.movedim(torch.tensordot(x, w, dims=([2 + axis], [1])), -1, 2 + axis)
+    return x
+
+
+op("resize", Attr("size", "ints", check=positive, doc="output size per spatial dim"),
+   Attr("mode", "str", "linear", choices=("linear", "cubic")),
+   shape=_resize_shape, torch=_resize_torch, reference=_resize_reference,
+   spatial_dims=(1, 2), min_input_rank=2,
+   doc="Resample every spatial dim to a fixed size: (bi)linear, or bicubic in 2-D (Keys a = -0.75), both with "
+       "align_corners=False as torch's interpolate; no parameters, no MACs.",
+   examples=(({"size": [5, 3], "mode": "cubic"}, [(2, 7, 4)]), ({"size": 9, "mode": "cubic"}, [(3, 4, 6)]),
+             ({"size": [4, 7]}, [(2, 6, 3)]), ({"size": 11}, [(3, 5)]), ({"size": 3}, [(2, 8)])))
 
 
 # --------------------------------------------------------------------------------------------- subpixel

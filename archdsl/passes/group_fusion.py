@@ -168,7 +168,9 @@ def _rebuild(G, fused: list[tuple[Group, str, dict, list]]) -> None:
 def group_fusion(G, weights) -> PassResult:
     """Maximal single-reader chains of conv / linear / norm / elementwise ops -> fused nodes."""
     res = PassResult()
-    taken = set(G)
+    # a fused node's name must be neither a node nor a scope holding nodes (a label `fused:` makes the scope
+    # `fused`, whose members would otherwise be looked up inside the fused module)
+    taken = set(G) | {".".join(n.split(".")[:i]) for n in G for i in range(1, n.count(".") + 1)}
     fused = []
     for g in _form_groups(G):
         if len(g.members) == 1:

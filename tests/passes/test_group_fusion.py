@@ -89,3 +89,15 @@ def test_emitted_deploy_source_runs_and_matches(tmp_path):
     text = path.read_text()  # readable fused helpers: a class with named members and a forward, no steps tuple
     assert "FusedGroup" not in text and re.search(r"class Fused\w+\(nn\.Module\)", text)
     assert re.search(r"def forward\(self, x, y\):", text)  # the group that merges the shortcut reads two inputs
+
+
+def test_a_group_is_not_named_after_a_scope_that_holds_other_nodes():
+    # the group spans the scopes `fused` and `back`, so it sits at the top and would be named `fused`: the
+    # scope of the label `fused`, whose transpose stays outside the group and would be looked up inside it
+    m = randomize(compile_text("""model t() { input x[6, 5]
+  fused: transpose >> linear(4) >> relu
+  back: linear(5)
+  transpose
+}"""))
+    d = check_deploy(m, select=["group_fusion"])
+    assert set(fused_nodes(d)) == {"fused_1"} and "fused.transpose" in d.archdsl_ir

@@ -17,7 +17,9 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
 
 
 PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
-             "convit_ti": {"local_up_to_layer": 1}}  # one GPSA block, then the CLS token and an MHSA block
+             "convit_ti": {"local_up_to_layer": 1},  # one GPSA block, then the CLS token and an MHSA block
+             "crossvit_9": {"large_size": 32},  # both branches read the 32x32 image
+             "raftmlp_s": {"kernels": [[4, 8], [2, 4], [2, 4], [2]]}}  # its own embedding kernels, not SMALL's
 
 
 def small_overrides(path):
