@@ -42,6 +42,8 @@ def cmd_check(args) -> int:
     if results is not None:
         info["passes"] = [{"pass": r.name, "changed": len(r.changed),
                            "declined": [{"node": n, "reason": why} for n, why in r.declined]} for r in results]
+    if G.graph.get("scaling"):
+        info["scaling"] = G.graph["scaling"]
     if G.graph.get("space"):
         info["space"] = G.graph["space"]
         info["choices"] = {k: _plain(v) for k, v in G.graph["choices"].items()}
@@ -177,8 +179,17 @@ def _print_table(info: dict, file: str) -> None:
     console = Console()
     console.print(table)
     console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}")
+    if info.get("scaling"):
+        sc = info["scaling"]
+        console.print(f"scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {_human(sc['macs'])} of {_human(sc['budget'])} "
+                      f"MACs: {_values(sc['values'])}; the next step ({_values(sc['next']['values'])}) has "
+                      f"{_human(sc['next']['macs'])}")
     if info.get("space"):
         console.print("search space: " + "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items()))
+
+
+def _values(values: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in values.items())
 
 
 def cmd_compile(args) -> int:
