@@ -24,9 +24,15 @@ from archdsl.outputs import output_dir, output_file, write
 def _load(args):
     import archdsl
 
-    program = archdsl.parse(Path(args.file))
+    program = _scaled(archdsl.parse(Path(args.file)), args)
     graph = archdsl.build(program, args.model, **_overrides(program, args.set))
     return program, graph
+
+
+def _scaled(program, args):
+    from archdsl.frontend.scaling import with_scale
+
+    return with_scale(program, args.model, args.scale) if args.scale else program
 
 
 def cmd_check(args) -> int:
@@ -121,7 +127,7 @@ def _check_samples(args) -> int:
     from archdsl.frontend.values import show
     from archdsl.search.trial_choices import RandomResolver
 
-    program = archdsl.parse(Path(args.file))
+    program = _scaled(archdsl.parse(Path(args.file)), args)
     fixed = _overrides(program, args.set)
     rng = random.Random(args.seed)
     ok, failures = 0, []
@@ -301,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                         help="override a model parameter or search choice (repeatable)")
         sp.add_argument("--model", help="which model of the file (default: the last one)")
+        sp.add_argument("--scale", metavar="ARGS", help="scale the model to a MAC budget, as @scale(ARGS) before it "
+                        "would: \"macs = 2M, rule = fast, width = dims, depth = depths\"")
 
     c = sub.add_parser("check", help="build the IR and report shapes, params and MACs")
     common(c)

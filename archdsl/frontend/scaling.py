@@ -94,7 +94,9 @@ def read_spec(ann: A.Annotation, model: A.Definition, evaluate, resolver) -> Sca
     budget = value("macs", None)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
         raise ArchError(f"@scale(macs = ...) must be a positive number, got {show(budget)}", ann.span)
-    rule = value("rule", "fast")
+    named = ann.kwargs.get("rule")
+    unknown = isinstance(named, A.Name) and named.id not in RULES and "scale.rule" not in resolver.overrides
+    rule = named.id if unknown else value("rule", "fast")
     if rule not in RULES:
         raise ArchError(f"@scale: unknown rule {show(rule)}", ann.kwargs.get("rule", ann).span,
                         hint=did_you_mean(str(rule), RULES) or f"rules: {', '.join(RULES)}")
@@ -238,3 +240,18 @@ class Solver:
 
 def _n(x: float) -> str:
     return f"{int(x):,}" if float(x).is_integer() else f"{x:,.0f}"
+
+
+def with_scale(program: A.Program, model: str | None, text: str) -> A.Program:
+    """`program` with `@scale(TEXT)` before `model`, replacing one the file has (the command line's
+    `--scale "macs = 2M, width = dim"`)."""
+    from archdsl.frontend.parse import parse_expr
+
+    call = parse_expr(f"scale({text})", file="<--scale>")
+    if not isinstance(call, A.Call):
+        raise ArchError(f"--scale takes the arguments of @scale(...), got {text!r}",
+                        hint='e.g. --scale "macs = 2M, rule = fast, width = dims, depth = depths"')
+    d = program.model(model)
+    ann = A.Annotation(call.span, "scale", call.args, call.kwargs)
+    d = replace(d, annotations=[a for a in d.annotations if a.name != "scale"] + [ann])
+    return replace(program, models={**program.models, d.name: d})
