@@ -178,3 +178,31 @@ def test_the_command_line_scales_a_file_without_scale(tmp_path, capsys):
     assert '"macs": ' + str(scaled(250_000, "fast").graph["scaling"]["macs"]) in out
     assert main(["check", str(f), "--scale", "macs = 1k, width = width"]) == 2
     assert "<--scale>:1:" in capsys.readouterr().err
+
+
+def test_the_example_space_meets_its_budget_at_every_point():
+    """searchspaces/mnist1d_scaled.arch: each budget, rule and patch size lands at or under the budget with
+    the next step over it (by the hand count), or is reported unmeetable (the depth rule cannot go below one
+    block at patch 1); the default point compiles and runs."""
+    from tests.test_searchspaces import ROOT
+
+    program = archdsl.parse(ROOT / "mnist1d_scaled.arch")
+    for budget in (60_000, 150_000):
+        for rule in ("fast", "compound", "width", "depth"):
+            for patch in (4, 2, 1, 5, 8):
+                point = {"scale.macs": budget, "scale.rule": rule, "patch": patch}
+                try:
+                    G = archdsl.build(program, **point)
+                except ArchError as e:
+                    assert (rule, patch) == ("depth", 1) and "cannot be met" in e.message
+                    continue
+                v, n = G.graph["scaling"]["values"], G.graph["scaling"]["next"]["values"]
+                assert totals(G)["macs"] == example_macs(patch=patch, **v) <= budget
+                assert example_macs(patch=patch, **n) > budget, point
+    module = archdsl.compile(archdsl.build(program))
+    assert module(torch.randn(2, 1, 40)).shape == (2, 10)
+
+
+def example_macs(dim, depth, patch, classes=10):
+    n = 40 // patch
+    return n * dim * patch + depth * n * (7 * dim + 6 * dim * dim) + dim * classes
