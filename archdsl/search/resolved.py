@@ -145,6 +145,10 @@ def resolved_source(program: A.Program, resolver, G=None) -> str:
         parts.append(f"# --- from {Path(path).name}\n"
                      + _strip_imports(_substitute(text, path, picks.get(_key(path), {}), by_name, params)))
     main = _substitute(program.source, program.file, picks.get(_key(program.file), {}), by_name, params)
+    if len(params) > 2:  # where the scaled defaults came from
+        sc = G.graph["scaling"]
+        parts.append(f"# {params[0]}: scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {sc['macs']:,} of a "
+                     f"{sc['budget']:,}-MAC budget")
     parts.append(_strip_imports(main))
     return "\n".join(parts)
 
