@@ -206,3 +206,20 @@ def test_the_example_space_meets_its_budget_at_every_point():
 def example_macs(dim, depth, patch, classes=10):
     n = 40 // patch
     return n * dim * patch + depth * n * (7 * dim + 6 * dim * dim) + dim * classes
+
+
+def test_a_model_too_small_to_build_is_an_unmet_budget():
+    """The resolution rule shrinks the image until the 7x7 unpadded conv no longer fits: the budget is unmet,
+    said at its place, with the reason."""
+    src = """
+model net(size = 32) {
+  input image[3, size, size]
+  conv(8, k = 7, padding = 0) >> gap >> linear(10)
+}
+"""
+    G = archdsl.build(archdsl.parse("@scale(macs = 100k, rule = resolution, resolution = size)" + src))
+    side = G.graph["scaling"]["values"]["size"] - 6
+    assert totals(G)["macs"] == side * side * 8 * 3 * 49 + 80 <= 100_000 < (side + 4) ** 2 * 8 * 3 * 49 + 80
+    with pytest.raises(ArchError) as e:
+        archdsl.build(archdsl.parse("@scale(macs = 500, rule = resolution, resolution = size)" + src))
+    assert "does not build" in e.value.message and (e.value.span.line, e.value.span.col) == (1, 15)

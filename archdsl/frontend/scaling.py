@@ -193,8 +193,8 @@ class Solver:
         if self.key(S_MIN) == self.key(S_MAX):
             raise ArchError(f"@scale: rule '{spec.rule}' leaves every named parameter as it is", spec.span)
         lo, hi = 1.0, 1.0
-        if self.macs(1.0) <= budget:
-            while self.macs(hi) <= budget:
+        if not self._over(1.0):
+            while not self._over(hi):
                 lo, hi = hi, hi * 2
                 if hi > S_MAX:
                     raise ArchError(f"@scale: the budget {_n(budget)} MACs is never reached", spec.span)
@@ -224,8 +224,12 @@ class Solver:
     def _over(self, s: float) -> bool:
         try:
             return self.macs(s) > self.spec.budget
-        except ArchError as e:  # too small to build (a feature map under the kernel): the budget is unmet
-            raise self._unmet(s, e) from None
+        except ArchError as e:
+            if s >= 1:  # on the way up (a depth past the node limit): no model of the rule reaches the budget
+                values = ", ".join(f"{p} = {show(v)}" for p, v in scaled(self.spec, s).items())
+                raise ArchError(f"@scale: on the way to {_n(self.spec.budget)} MACs, at {values}, the model does "
+                                f"not build: {e.message}", self.spec.span, hint="lower macs") from None
+            raise self._unmet(s, e) from None  # too small to build (a feature map under the kernel)
 
     def _unmet(self, s: float, cause: ArchError | None = None) -> ArchError:
         values = ", ".join(f"{p} = {show(v)}" for p, v in scaled(self.spec, s).items())
