@@ -187,8 +187,9 @@ def _print_table(info: dict, file: str) -> None:
     console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}")
     if info.get("scaling"):
         sc = info["scaling"]
-        console.print(f"scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {_human(sc['macs'])} of {_human(sc['budget'])} "
-                      f"MACs: {_values(sc['values'])}; the next step ({_values(sc['next']['values'])}) has "
+        console.print(f"scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {_human(sc['macs'])} of "
+                      f"{_human(sc['budget'])} MACs: {_values(sc['values'])}; the next step "
+                      f"({_values(sc['next']['values'])}) has "
                       f"{_human(sc['next']['macs'])}")
     if info.get("space"):
         console.print("search space: " + "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items()))

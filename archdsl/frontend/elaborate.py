@@ -454,9 +454,10 @@ def build(program: A.Program, model: str | None = None, resolver: Resolver | Non
     from archdsl.ir.verify import verify
 
     resolver = resolver if resolver is not None else DefaultResolver(overrides)
-    evaluate = lambda e, name: Elaborator(program, resolver).eval(e, Frame(vars=RULE_NAMES), Ctx(refs={}, binding=name))
+    elab = lambda: Elaborator(program, resolver)  # noqa: E731
+    evaluate = lambda e, name: elab().eval(e, Frame(vars=RULE_NAMES), Ctx(refs={}, binding=name))  # noqa: E731
     try:
-        G = build_scaled(program.model(model), resolver, lambda m: Elaborator(program, resolver).build(m), evaluate)
+        G = build_scaled(program.model(model), resolver, lambda m: elab().build(m), evaluate)
     except RecursionError:
         raise ArchError("the model nests too deeply to elaborate", hint="flatten very deep expressions or groups") from None
     G.graph["space"] = {name: dim.describe() for name, dim in resolver.dims.items()}

@@ -7,6 +7,7 @@ The values are rounded as pycls's scaler does (facebookresearch/pycls, pycls/mod
 depths to whole numbers (at least 1), widths to a multiple of 8, resolutions to a multiple of 4. A rounded
 value only grows with s, and so do the MACs of a conv/linear network, so one search over s finds the largest
 model whose statically counted MACs are at most the budget; the next larger step along the rule is over it.
+(pycls's fast type also scales group widths; archdsl has no such dimension, so it is left out.)
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from archdsl.frontend import ast as A
 from archdsl.frontend.values import CONSTANTS, is_search_call, show
 from archdsl.ir.graph import totals
 
-_EFFNET = (math.log(1.2), 2 * math.log(1.1), 2 * math.log(1.15))  # EfficientNet's alpha, beta, gamma (Tan & Le 2019, sec. 3.3)
+# EfficientNet's depth, width and resolution bases alpha = 1.2, beta = 1.1, gamma = 1.15 (Tan & Le 2019, sec. 4)
+_EFFNET = (math.log(1.2), 2 * math.log(1.1), 2 * math.log(1.15))
 
 # name -> flop shares (depth, width, resolution)
 RULES = {
