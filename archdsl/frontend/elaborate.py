@@ -17,7 +17,7 @@ from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name
 from archdsl.frontend.naming import MAX_NODES, NodeNaming  # noqa: F401 (MAX_NODES: part of this module's API)
 from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
-from archdsl.frontend.scaling import RULE_NAMES, build_scaled
+from archdsl.frontend.scaling import build_scaled
 from archdsl.frontend.pieces import Pieces, make_pieces, materialize_operands, need_tensor, prune_unused_pieces
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
                                      checked_number, index, is_search_call, show, unknown_name)
@@ -454,10 +454,8 @@ def build(program: A.Program, model: str | None = None, resolver: Resolver | Non
     from archdsl.ir.verify import verify
 
     resolver = resolver if resolver is not None else DefaultResolver(overrides)
-    elab = lambda: Elaborator(program, resolver)  # noqa: E731
-    evaluate = lambda e, name: elab().eval(e, Frame(vars=RULE_NAMES), Ctx(refs={}, binding=name))  # noqa: E731
     try:
-        G = build_scaled(program.model(model), resolver, lambda m: elab().build(m), evaluate)
+        G = build_scaled(program.model(model), resolver, lambda: Elaborator(program, resolver), Frame, Ctx)
     except RecursionError:
         raise ArchError("the model nests too deeply to elaborate", hint="flatten very deep expressions or groups") from None
     G.graph["space"] = {name: dim.describe() for name, dim in resolver.dims.items()}

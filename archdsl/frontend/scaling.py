@@ -157,9 +157,16 @@ def _base(param: A.Param, kind: str, evaluate, resolver):
     return list(v) if isinstance(v, list) else v
 
 
-def build_scaled(model: A.Definition, resolver, make, evaluate):
-    """`make(model)` built once plainly, or, under `@scale(...)`, at the largest scale within the budget.
-    `make` elaborates with `resolver`; every build reuses it, so a choice (a patch size) keeps its value."""
+def build_scaled(model: A.Definition, resolver, elaborator, frame_type, ctx_type):
+    """`model` built once plainly, or, under `@scale(...)`, at the largest scale within the budget.
+    `elaborator()` makes an Elaborator on `resolver`: every build reuses it, so a choice (a patch size) keeps
+    its value. The elaborator's Frame and Ctx types come in as arguments (elaborate.py imports this module)."""
+    def make(m):
+        return elaborator().build(m)
+
+    def evaluate(expr, name):  # rule names read as strings; a search construct takes the name `scale.<arg>`
+        return elaborator().eval(expr, frame_type(vars=RULE_NAMES), ctx_type(refs={}, binding=name))
+
     anns = [a for a in model.annotations if a.name == "scale"]
     if not anns:
         return make(model)
