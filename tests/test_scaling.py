@@ -46,6 +46,7 @@ MULTIPLIERS = {
     "width": lambda s: (1.0, s ** 0.5, 1.0),
     "depth": lambda s: (s, 1.0, 1.0),
     "resolution": lambda s: (1.0, 1.0, s ** 0.5),
+    "uniform": lambda s: (s ** (1 / 3), s ** (1 / 6), s ** (1 / 6)),  # the same paper's dwr, alpha = 1/3
 }
 
 
@@ -223,3 +224,13 @@ model net(size = 32) {
     with pytest.raises(ArchError) as e:
         archdsl.build(archdsl.parse("@scale(macs = 500, rule = resolution, resolution = size)" + src))
     assert "does not build" in e.value.message and (e.value.span.line, e.value.span.col) == (1, 15)
+
+
+def test_a_rule_without_one_of_its_dimensions_shares_the_rest_as_pycls_does():
+    """`fast` on a model that names no resolution: pycls's "d1_w8" weights, depth s^(1/9), width s^(4/9)."""
+    src = NET.format(scale="@scale(macs = 3M, rule = fast, width = width, depth = depth)", **BASE)
+    got = archdsl.build(src).graph["scaling"]["values"]
+    seen = [{"width": max(8, round(24 * s ** (4 / 9) / 8) * 8), "depth": max(1, round(3 * s ** (1 / 9))), "size": 20}
+            for s in GRID]
+    best = max((c for c in seen if hand_macs(**c) <= 3_000_000), key=lambda c: hand_macs(**c))
+    assert {**got, "size": 20} == best
