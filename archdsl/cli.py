@@ -24,9 +24,15 @@ from archdsl.outputs import output_dir, output_file, write
 def _load(args):
     import archdsl
 
-    program = archdsl.parse(Path(args.file))
+    program = _scaled(archdsl.parse(Path(args.file)), args)
     graph = archdsl.build(program, args.model, **_overrides(program, args.set))
     return program, graph
+
+
+def _scaled(program, args):
+    from archdsl.frontend.scaling import with_scale
+
+    return with_scale(program, args.model, args.scale) if args.scale else program
 
 
 def cmd_check(args) -> int:
@@ -42,6 +48,8 @@ def cmd_check(args) -> int:
     if results is not None:
         info["passes"] = [{"pass": r.name, "changed": len(r.changed),
                            "declined": [{"node": n, "reason": why} for n, why in r.declined]} for r in results]
+    if G.graph.get("scaling"):
+        info["scaling"] = G.graph["scaling"]
     if G.graph.get("space"):
         info["space"] = G.graph["space"]
         info["choices"] = {k: _plain(v) for k, v in G.graph["choices"].items()}
@@ -119,7 +127,7 @@ def _check_samples(args) -> int:
     from archdsl.frontend.values import show
     from archdsl.search.trial_choices import RandomResolver
 
-    program = archdsl.parse(Path(args.file))
+    program = _scaled(archdsl.parse(Path(args.file)), args)
     fixed = _overrides(program, args.set)
     rng = random.Random(args.seed)
     ok, failures = 0, []
@@ -177,8 +185,18 @@ def _print_table(info: dict, file: str) -> None:
     console = Console()
     console.print(table)
     console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}")
+    if info.get("scaling"):
+        sc = info["scaling"]
+        console.print(f"scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {_human(sc['macs'])} of "
+                      f"{_human(sc['budget'])} MACs: {_values(sc['values'])}; the next step "
+                      f"({_values(sc['next']['values'])}) has "
+                      f"{_human(sc['next']['macs'])}")
     if info.get("space"):
         console.print("search space: " + "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items()))
+
+
+def _values(values: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in values.items())
 
 
 def cmd_compile(args) -> int:
@@ -294,6 +312,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="NAME=VALUE", default=[],
                         help="override a model parameter or search choice (repeatable)")
         sp.add_argument("--model", help="which model of the file (default: the last one)")
+        sp.add_argument("--scale", metavar="ARGS", help="scale the model to a MAC budget, as @scale(ARGS) before it "
+                        "would: \"macs = 2M, rule = fast, width = dims, depth = depths\"")
 
     c = sub.add_parser("check", help="build the IR and report shapes, params and MACs")
     common(c)

@@ -17,6 +17,7 @@ from archdsl.frontend import ast as A
 from archdsl.frontend.names import input_name
 from archdsl.frontend.naming import MAX_NODES, NodeNaming  # noqa: F401 (MAX_NODES: part of this module's API)
 from archdsl.frontend.choices import DefaultResolver, Resolver, make_dim
+from archdsl.frontend.scaling import build_scaled
 from archdsl.frontend.pieces import Pieces, make_pieces, materialize_operands, need_tensor, prune_unused_pieces
 from archdsl.frontend.values import (CONSTANTS, FUNCTIONS, SEARCH_FUNCTIONS, Closure, OpValue, Tensor, binop,
                                      checked_number, index, is_search_call, show, unknown_name)
@@ -454,7 +455,7 @@ def build(program: A.Program, model: str | None = None, resolver: Resolver | Non
 
     resolver = resolver if resolver is not None else DefaultResolver(overrides)
     try:
-        G = Elaborator(program, resolver).build(program.model(model))
+        G = build_scaled(program.model(model), resolver, lambda: Elaborator(program, resolver), Frame, Ctx)
     except RecursionError:
         raise ArchError("the model nests too deeply to elaborate", hint="flatten very deep expressions or groups") from None
     G.graph["space"] = {name: dim.describe() for name, dim in resolver.dims.items()}

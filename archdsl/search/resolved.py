@@ -33,13 +33,14 @@ def _offset(lines_start, line, col):
 
 
 def _substitute(text: str, file: str, picks: dict, by_name: dict | None = None,
-               params: tuple[str, dict] | None = None) -> str:
+               params: tuple | None = None) -> str:
     """`text` with every search construct replaced: a choice by the source text of the option taken (itself
     substituted, so a choice nested in an option, `choice(conv(8, k = choice(3, 5)), relu)`, resolves too), a
     range by its value; a construct never reached by its default. Keys of `picks` are (line, col) of the
     construct; `by_name` gives the picks of dimensions named with `name = "..."` (one dimension met at several
-    places); `params` = (model name, {parameter: text}) replaces the defaults of model parameters set with
-    `--set` (plain parameters, not search constructs)."""
+    places); `params` = (model name, {parameter: text}, *annotation names) replaces the defaults of model
+    parameters set with `--set` (plain parameters, not search constructs) and removes the model's annotations
+    of those names."""
     from archdsl.frontend.parse import parse_text
 
     calls, defaults = [], []
@@ -49,6 +50,8 @@ def _substitute(text: str, file: str, picks: dict, by_name: dict | None = None,
         if params and isinstance(item, A.Definition) and item.kind == "model" and item.name == params[0]:
             defaults += [(p.default, params[1][p.name]) for p in item.params
                          if p.name in params[1] and p.default is not None]
+            # scaled values already stand in its parameters' defaults: scaling them again would change them
+            defaults += [(a, "") for a in item.annotations if a.name in params[2:]]
     starts, pos = [], 0
     for line in text.splitlines(keepends=True):
         starts.append(pos)
@@ -134,13 +137,18 @@ def resolved_source(program: A.Program, resolver, G=None) -> str:
     overrides = resolver.overrides
     plain = {n: show(overrides[n]) for n in resolver.used if n not in resolver.dims}
     model = G.graph.get("name") if G is not None else None
-    params = (model or program.model(None).name, {n: t for n, t in plain.items() if t != "{...}"})
+    params = (model or program.model(None).name, {n: t for n, t in plain.items() if t != "{...}"},
+              *(("scale",) if G is not None and G.graph.get("scaling") else ()))
     parts = []
     for path in program.imports:
         text = Path(path).read_text()
         parts.append(f"# --- from {Path(path).name}\n"
                      + _strip_imports(_substitute(text, path, picks.get(_key(path), {}), by_name, params)))
     main = _substitute(program.source, program.file, picks.get(_key(program.file), {}), by_name, params)
+    if len(params) > 2:  # where the scaled defaults came from
+        sc = G.graph["scaling"]
+        parts.append(f"# {params[0]}: scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {sc['macs']:,} of a "
+                     f"{sc['budget']:,}-MAC budget")
     parts.append(_strip_imports(main))
     return "\n".join(parts)
 
