@@ -16,7 +16,8 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
          "size": 32, "classes": 5, "channels": 6, "dim": 32, "depth": 2, "key_dim": 8}
 
 
-PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]}}  # head counts that divide the small widths
+PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
+             "moat_0": {"stem": 8, "dims": [8, 16, 32, 64]}}  # narrow MBConv stages: interpreter time
 
 
 def small_overrides(path):
@@ -60,8 +61,11 @@ def _copy_weights(ref, tri):
         if type(mod).__name__ == "TritonGroup":
             for member_name, member in zip(mod.names, mod.members):
                 member.load_state_dict(src[f"{name}.{member_name}"].state_dict())
-        elif name in src and not list(mod.children()):
-            mod.load_state_dict(src[name].state_dict())
+        elif name in src:  # the module's own tensors (MOAT's relative position table sits beside its linears)
+            own = dict(src[name].named_parameters(recurse=False)) | dict(src[name].named_buffers(recurse=False))
+            with torch.no_grad():
+                for key, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+                    t.copy_(own[key])
 
 
 def test_some_groups_really_run_in_triton():
