@@ -64,7 +64,8 @@ op("se", Attr("rd_ratio", "float", 0.25, check=positive, doc="reduced channels =
    macs=lambda a, ins, out: 2 * ins[0][0] * _se_rd(a, ins),  # two FCs on the pooled vector
    torch=lambda a, ins: (SqueezeExcite, dict(channels=ins[0][0], rd_channels=_se_rd(a, ins), act=a.act)),
    reference=lambda m, x: ref_se(m, x.double(), act_name(m.act)), spatial_dims=(1, 2, 3), category="block",
-   doc="Squeeze-and-excitation channel gate: pool, FC C->rd, act, FC rd->C, sigmoid, scale.",
+   doc="Squeeze-and-excitation channel gate: pool, FC C->rd (rd given, else max(1, int(C * rd_ratio))), act, "
+       "FC rd->C, sigmoid, x * gate; no residual.",
    examples=(({}, [(8, 5, 7)]), ({"rd": 3, "act": "silu"}, [(6, 11)]), ({"rd_ratio": 0.5}, [(3, 2, 3)]),
              ({"rd": 2, "act": "gelu"}, [(4, 2, 3, 2)])))
 
