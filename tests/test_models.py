@@ -19,6 +19,8 @@ PUBLISHED = {
     "caformer_s18": (26_341_656, 4.13e9),
     "poolformerv2_s12": (11_891_712, 1.83e9),
     "resnet50": (25_557_032, 4.09e9),
+    # deeplab2 moat_test.py ('moat0_pretrain_224_1k'); its 5.7B "FLOPs" are the TF profiler's float ops / 2
+    "moat_0": (27_846_892, 5.7e9),
 }
 
 

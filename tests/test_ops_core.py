@@ -93,6 +93,23 @@ def test_avgpool_count_include_pad():
     torch.testing.assert_close(m(x), torch.tensor([[[1.0, 2.0, 5.0 / 3.0]]]))
 
 
+def test_avgpool_ceil_mode_is_tf_same_pooling():
+    # TF AveragePooling(2, 2, 'same') on 5 values: pairs, then the lone last value (padding never averaged)
+    x = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]])
+    _, _, out, m = build("avgpool", {"k": 2, "ceil_mode": True, "count_include_pad": False}, (1, 5))
+    assert out == (1, 3)
+    torch.testing.assert_close(m(x), torch.tensor([[[1.5, 3.5, 5.0]]]))
+    assert build("avgpool", {"k": 2, "ceil_mode": True}, (1, 6))[2] == (1, 3)  # even sizes: as floor mode
+    # k 3, stride 2, padding 1 on 4 values: windows [pad 1 2] [2 3 4] [4 pad -]; the padding counts, the part
+    # past the padded end does not (torch's divisor)
+    x = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    _, _, out, m = build("avgpool", {"k": 3, "stride": 2, "padding": 1, "ceil_mode": True}, (1, 4))
+    assert out == (1, 3)
+    torch.testing.assert_close(m(x), torch.tensor([[[1.0, 3.0, 2.0]]]))
+    # a window would start in the right padding: dropped
+    assert build("avgpool", {"k": 2, "stride": 2, "padding": 1, "ceil_mode": True}, (1, 4))[2] == (1, 3)
+
+
 def test_pool_stride_defaults_to_kernel():
     _, _, out, _ = build("maxpool", {"k": 2}, (3, 8, 7))
     assert out == (3, 4, 3)

@@ -64,7 +64,8 @@ op("se", Attr("rd_ratio", "float", 0.25, check=positive, doc="reduced channels =
    macs=lambda a, ins, out: 2 * ins[0][0] * _se_rd(a, ins),  # two FCs on the pooled vector
    torch=lambda a, ins: (SqueezeExcite, dict(channels=ins[0][0], rd_channels=_se_rd(a, ins), act=a.act)),
    reference=lambda m, x: ref_se(m, x.double(), act_name(m.act)), spatial_dims=(1, 2, 3), category="block",
-   doc="Squeeze-and-excitation channel gate: pool, FC C->rd, act, FC rd->C, sigmoid, scale.",
+   doc="Squeeze-and-excitation channel gate: pool, FC C->rd (rd given, else max(1, int(C * rd_ratio))), act, "
+       "FC rd->C, sigmoid, x * gate; no residual.",
    examples=(({}, [(8, 5, 7)]), ({"rd": 3, "act": "silu"}, [(6, 11)]), ({"rd_ratio": 0.5}, [(3, 2, 3)]),
              ({"rd": 2, "act": "gelu"}, [(4, 2, 3, 2)])))
 
@@ -154,17 +155,19 @@ def _mbconv_reference(m, x):
 
 
 op("mbconv", Attr("out", "int", None, check=positive, doc="output channels (default: input channels)"),
-   Attr("stride", "int", 1, check=_stride_12), Attr("expand", "int", 4, check=positive),
+   Attr("stride", "int", 1, check=_stride_12),
+   Attr("expand", "int", 4, check=positive, doc="hidden width = expand * input channels (1: no expansion conv)"),
    Attr("k", "int", 3, check=odd, doc="depthwise kernel size"),
-   Attr("se", "float", 0.25, check=non_negative, doc="SE ratio of the input channels; 0: no SE"),
+   Attr("se", "float", 0.25, check=non_negative, doc="SE width = max(1, int(input channels * se)); 0: no SE"),
    Attr("act", "str", "silu", choices=tuple(BLOCK_ACTS)),
    shape=_mbconv_shape, params=_mbconv_params, macs=_mbconv_macs,
    torch=lambda a, ins: (MBConv, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out or ins[0][0],
                                       expand=a.expand, kernel_size=a.k, stride=a.stride, se_ratio=a.se,
                                       act=a.act)),
    reference=_mbconv_reference, spatial_dims=(1, 2, 3), category="block",
-   doc="MobileNetV2 / EfficientNet inverted residual: 1x1 expand, BN, act, dw k (stride), BN, act, SE, "
-       "1x1 project, BN; + x when stride 1 and in == out.",
+   doc="MobileNetV2 / EfficientNet inverted residual: 1x1 expand to expand * in, BN, act, dw k (stride), BN, "
+       "act, SE of max(1, int(in * se)), 1x1 project, BN; contains its residual (+ x) only when stride 1 and "
+       "in == out.",
    examples=(({}, [(4, 7, 6)]), ({"out": 6, "stride": 2, "act": "gelu"}, [(4, 9, 7)]),
              ({"expand": 1, "se": 0.0, "k": 5}, [(3, 11)]), ({"stride": 2, "out": 5}, [(3, 10)]),
              ({"stride": 2, "se": 0.5}, [(2, 3, 4, 5)])))
@@ -185,7 +188,7 @@ class MOAT(nn.Module):
     _emit_deps = (RelAttn, rel_index)
 
     def __init__(self, ndim, in_channels, out_channels, heads, size, stride=1, expand=4, kernel_size=3,
-                 rel_pos=True):
+                 rel_pos=True, bn_eps=1e-3):
         super().__init__()
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[ndim - 1]
         bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[ndim - 1]
@@ -194,12 +197,12 @@ class MOAT(nn.Module):
         # TF 'same' average pooling pads only at the end and averages the valid inputs: ceil_mode here
         self.shortcut_pool = pool(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else None
         self.shortcut_conv = conv(in_channels, out_channels, 1) if in_channels != out_channels else None
-        self.pre_norm = bn(in_channels)
+        self.pre_norm = bn(in_channels, eps=bn_eps)
         self.expand_conv = conv(in_channels, mid, 1, bias=False)
-        self.expand_norm = bn(mid)
+        self.expand_norm = bn(mid, eps=bn_eps)
         self.depthwise_conv = conv(mid, mid, kernel_size, stride=stride, padding=kernel_size // 2, groups=mid,
                                    bias=False)
-        self.depthwise_norm = bn(mid)
+        self.depthwise_norm = bn(mid, eps=bn_eps)
         self.shrink_conv = conv(mid, out_channels, 1)
         self.act = nn.GELU()
         self.attention_norm = nn.LayerNorm(out_channels, eps=1e-5)
@@ -287,13 +290,15 @@ op("moat", Attr("out", "int", None, check=positive, doc="output channels (defaul
    Attr("heads", "int", None, check=positive, doc="default: out/32 when 32 divides out (head size 32), else 1"),
    Attr("expand", "int", 4, check=positive, doc="MBConv hidden width = expand * out"),
    Attr("rel_pos", "bool", True),
+   Attr("bn_eps", "float", 1e-3, check=positive, doc="BatchNorm eps (1e-3: Keras' default, kept by the official code)"),
    shape=_moat_shape, params=_moat_params, macs=_moat_macs,
    torch=lambda a, ins: (MOAT, dict(ndim=_nd(ins), in_channels=ins[0][0], out_channels=a.out or ins[0][0],
                                     heads=_moat_heads(a, ins), size=_strided(ins, 3, a.stride), stride=a.stride,
-                                    expand=a.expand, rel_pos=a.rel_pos)),
+                                    expand=a.expand, rel_pos=a.rel_pos, bn_eps=a.bn_eps)),
    reference=_moat_reference, spatial_dims=(1, 2), category="block",
-   doc="MOAT block: MBConv (BN, 1x1 expand x4, GELU, dw3 stride, 1x1 shrink; residual) then LN + global MHSA "
-       "with relative position bias (residual); no MLP.",
+   doc="MOAT block: MBConv (BN, 1x1 expand to expand * out, GELU, dw3 stride, 1x1 shrink; contains its residual, "
+       "avgpool + 1x1 on the shortcut when strided / widened) then LN + global MHSA, heads out/32, with a "
+       "(2H-1)(2W-1) relative position bias per head (contains its residual); no MLP.",
    examples=(({"heads": 2}, [(4, 5, 6)]), ({"out": 6, "stride": 2, "heads": 3}, [(4, 7, 6)]),
              ({"out": 4, "heads": 2, "expand": 2}, [(3, 9)]), ({"stride": 2, "rel_pos": False}, [(4, 11)])))
 

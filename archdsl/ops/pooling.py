@@ -47,9 +47,19 @@ def _pool_shape(name):
             if 2 * p > kk:  # torch refuses this: a window could then hold padding only
                 raise ArchError(f"{name}(): padding {p} is more than half the kernel {kk} "
                                 f"(input shape {list(ins[0])})", hint="use padding <= k // 2")
-        return conv_shape(name, ins[0], ins[0][0], k, stride, pad, (1,) * len(k))
+        shape = conv_shape(name, ins[0], ins[0][0], k, stride, pad, (1,) * len(k))
+        if not a.get("ceil_mode"):
+            return shape
+        return (shape[0], *(_ceil_size(s, kk, st, p) for s, kk, st, p in zip(ins[0][1:], k, stride, pad)))
 
     return rule
+
+
+def _ceil_size(size, k, stride, pad):
+    """Windows when the last one may run past the end (torch's ceil_mode): one more than floor mode when the
+    stride leaves input behind, but never a window that starts in the right padding."""
+    out = -(-(size + 2 * pad - k) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pad else out
 
 
 def _pool_torch(classes, extra=()):
@@ -66,11 +76,16 @@ def _tup(v, n):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _windows(x, k, stride, pad, fill):
-    """The input under each kernel offset: one strided slice per offset, each shaped like the output."""
+def _windows(x, k, stride, pad, fill, out=None):
+    """The input under each kernel offset: one strided slice per offset, each shaped like the output (`out`
+    sizes, default: the windows that fit in the padded input)."""
     nd = len(k)
     x = F.pad(x, [p for p in reversed(pad) for _ in (0, 1)], value=fill)
-    out = [(x.shape[2 + i] - k[i]) // stride[i] + 1 for i in range(nd)]
+    if out is None:
+        out = [(x.shape[2 + i] - k[i]) // stride[i] + 1 for i in range(nd)]
+    else:  # windows running past the end read `fill` there
+        x = F.pad(x, [e for i in reversed(range(nd))
+                      for e in (0, max(0, (out[i] - 1) * stride[i] + k[i] - x.shape[2 + i]))], value=fill)
     for offset in itertools.product(*(range(kk) for kk in k)):
         sl = tuple(slice(offset[i], offset[i] + stride[i] * (out[i] - 1) + 1, stride[i]) for i in range(nd))
         yield x[(slice(None), slice(None)) + sl]
@@ -84,10 +99,17 @@ def _module_geometry(m, x):
 def _avg_reference(m, x):
     x = x.double()
     k, s, p = _module_geometry(m, x)
-    total = sum(_windows(x, k, s, p, 0.0))
-    if m.count_include_pad:
+    out = [_ceil_size(n, *g) for n, g in zip(x.shape[2:], zip(k, s, p))] if m.ceil_mode else None
+    total = sum(_windows(x, k, s, p, 0.0, out))
+    if m.count_include_pad and not m.ceil_mode:
         return total / math.prod(k)
-    return total / sum(_windows(torch.ones_like(x), k, s, p, 0.0))  # real (unpadded) elements per window
+    # the divisor counts the real elements, and the padding too when count_include_pad, never the part of a
+    # ceil-mode window past the padded end
+    ones = torch.ones_like(x)
+    if m.count_include_pad:
+        ones = F.pad(ones, [q for q in reversed(p) for _ in (0, 1)], value=1.0)
+        p = (0,) * len(k)
+    return total / sum(_windows(ones, k, s, p, 0.0, out))
 
 
 def _max_reference(m, x):
@@ -107,14 +129,20 @@ def _pool_attrs():
 
 op("avgpool", *_pool_attrs(),
    Attr("count_include_pad", "bool", True, doc="false: average only the real elements (PoolFormer)"),
-   shape=_pool_shape("avgpool"), torch=_pool_torch(_AVG, ("count_include_pad",)), reference=_avg_reference,
+   Attr("ceil_mode", "bool", False, doc="true: a last, partial window where the stride leaves input behind "
+                                         "(with padding 0 and count_include_pad false: TF 'same' pooling)"),
+   shape=_pool_shape("avgpool"), torch=_pool_torch(_AVG, ("count_include_pad", "ceil_mode")),
+   reference=_avg_reference,
    spatial_dims=(1, 2, 3), min_input_rank=2, half_spatial_dims=(1, 2),  # no bf16/fp16 avg_pool3d on CPU
    doc="Average pooling over 1-3 spatial dims.",
    examples=(({"k": 3}, [(3, 10, 9)]),
              ({"k": 3, "stride": 2, "padding": 1, "count_include_pad": False}, [(2, 11)]),
              ({"k": 3, "stride": 1, "padding": 1, "count_include_pad": False}, [(3, 5, 7)]),
              ({"k": [3, 2], "stride": [2, 1], "padding": [1, 0]}, [(2, 7, 6)]),
-             ({"k": 2}, [(2, 4, 5, 3)])))
+             ({"k": 2}, [(2, 4, 5, 3)]),
+             ({"k": 2, "ceil_mode": True, "count_include_pad": False}, [(2, 7, 6)]),
+             ({"k": 3, "stride": 2, "padding": 1, "ceil_mode": True}, [(2, 8)]),
+             ({"k": [2, 3], "stride": [2, 2], "ceil_mode": True, "count_include_pad": False}, [(3, 5, 4)])))
 
 op("maxpool", *_pool_attrs(),
    shape=_pool_shape("maxpool"), torch=_pool_torch(_MAX), reference=_max_reference,

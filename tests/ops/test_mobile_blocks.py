@@ -84,6 +84,7 @@ def test_moat_is_mbconv_then_attention():
     t = t + m.attention.attend(F.layer_norm(t, (6,), m.attention_norm.weight, m.attention_norm.bias, 1e-5))
     torch.testing.assert_close(m(x), t.transpose(1, 2).reshape(2, 6, 4, 3))
     assert m.attention.size == (4, 3) and m.attention.rel_table.shape == (7 * 5, 3)
+    assert m.pre_norm.eps == m.expand_norm.eps == m.depthwise_norm.eps == pytest.approx(1e-3)  # Keras' BN default
 
 
 def test_moat_params_hand_formula():

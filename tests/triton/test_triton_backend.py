@@ -19,7 +19,8 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
 PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
              "convit_ti": {"local_up_to_layer": 1},  # one GPSA block, then the CLS token and an MHSA block
              "crossvit_9": {"large_size": 32},  # both branches read the 32x32 image
-             "raftmlp_s": {"kernels": [[4, 8], [2, 4], [2, 4], [2]]}}  # its own embedding kernels, not SMALL's
+             "raftmlp_s": {"kernels": [[4, 8], [2, 4], [2, 4], [2]]},  # its own embedding kernels, not SMALL's
+             "moat_0": {"stem": 8, "dims": [8, 16, 32, 64]}}  # narrow MBConv stages: interpreter time
 
 
 def small_overrides(path):
@@ -63,8 +64,11 @@ def _copy_weights(ref, tri):
         if type(mod).__name__ == "TritonGroup":
             for member_name, member in zip(mod.names, mod.members):
                 member.load_state_dict(src[f"{name}.{member_name}"].state_dict())
-        elif name in src and not list(mod.children()):
-            mod.load_state_dict(src[name].state_dict())
+        elif name in src:  # the module's own tensors (MOAT's relative position table sits beside its linears)
+            own = dict(src[name].named_parameters(recurse=False)) | dict(src[name].named_buffers(recurse=False))
+            with torch.no_grad():
+                for key, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+                    t.copy_(own[key])
 
 
 def test_some_groups_really_run_in_triton():
