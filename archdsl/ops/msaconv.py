@@ -37,6 +37,8 @@ def _windows(t, k, dilation, dims):
 class MSAConv(nn.Module):
     """Windowed multi-head self-attention + residual, then a k^d conv and ReLU (TiC's MSA_Conv_2d)."""
 
+    _emit_deps = (_windows,)
+
     def __init__(self, channels, out, k=3, heads=1, dilation=1, pad="zero", dims=2):
         super().__init__()
         conv = (nn.Conv1d, nn.Conv2d)[dims - 1]
