@@ -2,6 +2,7 @@
 option of every dimension; the reference models have their published parameter counts and MACs."""
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -18,6 +19,7 @@ ARCH_FILES = sorted(ROOT.rglob("*.arch"))
 SPACES = {
     "seq1d_mixers.arch": ((1, 40), {}),
     "image2d_mixers.arch": ((1, 8, 8), {}),
+    "image2d_seedmixers.arch": ((1, 8, 8), {}),
 }
 CIFAR = ((3, 32, 32), {"channels": 3, "size": 32, "patch": 4})  # image2d_mixers at CIFAR size
 
@@ -130,14 +132,15 @@ def test_image_space_at_cifar_size():
 
 @pytest.mark.parametrize("file", sorted(SPACES))
 def test_spaces_stay_small(file):
-    """The largest widths, depths, MLP ratio and kernels, with any pair of mixers, stay under 100k parameters."""
+    """The largest widths, depths, MLP ratio and kernels, with any combination of the mixer slots, stay under 100k parameters."""
     shape, base = SPACES[file]
     program = archdsl.parse(ROOT / file)
     dims = _dims(program, base)
     biggest = {name: (dim.high if dim.kind == "int" else max(dim.options))
                for name, dim in dims.items() if name.startswith(("width", "depth", "mlp_ratio", "k", "large_k"))}
-    counts = [totals(archdsl.build(program, **base, **biggest, mixer1=m1, mixer2=m2))["params"]
-              for m1 in dims["mixer1"].labels for m2 in dims["mixer2"].labels]
+    slots = sorted(name for name in dims if name.startswith("mixer"))
+    counts = [totals(archdsl.build(program, **base, **biggest, **dict(zip(slots, mixers))))["params"]
+              for mixers in itertools.product(*(dims[name].labels for name in slots))]
     assert max(counts) < 100_000
 
 
