@@ -23,21 +23,23 @@ from archdsl.ops.registry import Attr, op, positive
 from archdsl.ops.shapes import need_heads, need_spatial, numel, odd, spatial
 
 
-def _windows(t, k, dilation, dims):
-    """(N, C, *pos) -> (N, C, k^d, P): every position's dilated k^d neighbourhood, zeros outside."""
+def _shifted(t, k, dilation, dims):
+    """The k^d views of t (..., *pos) moved by each dilated window offset (row-major), zeros outside the grid:
+    slices of one zero-padded copy, so no window tensor is gathered (im2col took 3/4 of the time on CPU)."""
+    half = dilation * (k - 1) // 2
+    size = t.shape[t.dim() - dims:]
+    padded = F.pad(t, [half] * (2 * dims))
+    lead = (slice(None),) * (t.dim() - dims)
     if dims == 1:
-        t, ks, dil = t.unsqueeze(2), (1, k), (1, dilation)
-    else:
-        ks, dil = (k, k), (dilation, dilation)
-    pad = tuple(d * (s - 1) // 2 for d, s in zip(dil, ks))
-    cols = F.unfold(t, ks, dilation=dil, padding=pad)
-    return cols.reshape(t.shape[0], t.shape[1], -1, cols.shape[-1])
+        return [padded[(*lead, slice(i * dilation, i * dilation + size[0]))] for i in range(k)]
+    return [padded[(*lead, slice(i * dilation, i * dilation + size[0]), slice(j * dilation, j * dilation + size[1]))]
+            for i in range(k) for j in range(k)]
 
 
 class MSAConv(nn.Module):
     """Windowed multi-head self-attention + residual, then a k^d conv and ReLU (TiC's MSA_Conv_2d)."""
 
-    _emit_deps = (_windows,)
+    _emit_deps = (_shifted,)
 
     def __init__(self, channels, out, k=3, heads=1, dilation=1, pad="zero", dims=2):
         super().__init__()
@@ -47,20 +49,19 @@ class MSAConv(nn.Module):
         self.k, self.heads, self.dilation, self.pad, self.dims = k, heads, dilation, pad, dims
 
     def forward(self, x):
-        n, c = x.shape[:2]
+        n, c, *size = x.shape
         d = c // self.heads
-        q, k, v = self.qkv(x).chunk(3, dim=1)
-        q = q.reshape(n, self.heads, d, -1)
-        kw, vw = (_windows(t, self.k, self.dilation, self.dims).reshape(n, self.heads, d, self.k ** self.dims, -1)
-                  for t in (k, v))
-        # products summed by hand: einsum would make every position a batch of tiny matmuls (5x slower on CPU)
-        scores = (q.unsqueeze(3) * kw).sum(2) * d ** -0.5
+        q, k, v = (t.reshape(n, self.heads, d, *size) for t in self.qkv(x).chunk(3, dim=1))
+        # one score map per window offset: (N, heads, k^d, *pos)
+        scores = torch.stack([(q * ks).sum(2) for ks in _shifted(k, self.k, self.dilation, self.dims)], 2)
+        scores = scores * d ** -0.5
         if self.pad == "none":  # the slots that fall outside the grid leave the softmax
-            inside = _windows(torch.ones_like(x[:, :1]), self.k, self.dilation, self.dims)
-            scores = scores.masked_fill(inside.reshape(n, 1, self.k ** self.dims, -1) == 0, float("-inf"))
+            inside = torch.stack(_shifted(torch.ones_like(x[0, 0]), self.k, self.dilation, self.dims))
+            scores = scores.masked_fill(inside == 0, float("-inf"))
         attn = scores.softmax(dim=2)
-        mixed = (attn.unsqueeze(2) * vw).sum(3).reshape(x.shape)
-        return F.relu(self.proj(x + mixed))
+        mixed = sum(attn[:, :, i].unsqueeze(2) * vs
+                    for i, vs in enumerate(_shifted(v, self.k, self.dilation, self.dims)))
+        return F.relu(self.proj(x + mixed.reshape(x.shape)))
 
 
 def _reference(m, x):
