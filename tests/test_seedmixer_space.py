@@ -22,7 +22,7 @@ POINTS = [pytest.param({"mixer": m, "norm": n}, id=f"{m}|{n}") for m in DIMS["mi
 
 def test_the_slot_offers_the_issue_16_mixers_and_the_old_ones():
     mixers = " ".join(DIMS["mixer"].labels)
-    for op in ("msaconv", "ningate", "glmix", "dico", "convshare", "dwconv", "mhsa", '"none"', '"param"'):
+    for op in ("msaconv", "ninformer_gate", "glmix", "dico", "convshare", "dwconv", "mhsa", '"none"', '"param"'):
         assert op in mixers
     assert any(label.startswith("un") for label in DIMS["norm"].labels)
 
