@@ -10,7 +10,8 @@ window of every position, so it runs at any resolution:
 Outside the grid the official im2col reads zeros: a key there scores 0 and still takes part in the softmax
 with a zero value (pad="zero"); pad="none" leaves those slots out of the softmax instead. The official layer
 has one head (scale C^-1/2); heads > 1 splits the channels as multi-head attention does (scale d^-1/2, d = C /
-heads). The residual around the attention and the closing ReLU are the official layer's, inside this op.
+heads). The residual around the attention and the closing ReLU are the official layer's, inside this op. A
+registered op, not a library block: the language has no primitive that gathers a window around every position.
 """
 from __future__ import annotations
 
