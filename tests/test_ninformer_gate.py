@@ -121,5 +121,6 @@ def test_the_gate_mixes_all_positions():
 def test_a_wrong_size_is_an_error_before_anything_runs():
     """size [6, 6] on a 5 x 6 input: the token MLP gives 36 positions back, refused where they meet the input."""
     with pytest.raises(archdsl.ArchError) as e:
-        archdsl.build(archdsl.parse('import "gating"\nmodel m() {\n  input x[4, 5, 6]\n  ninformer_gate(4, [6, 6])\n}\n'))
+        archdsl.build(archdsl.parse('import "gating"\nmodel m() {\n  input x[4, 5, 6]\n'
+                                    '  ninformer_gate(4, [6, 6])\n}\n'))
     assert "gating.arch:" in str(e.value) and "[4, 5, 6] and [4, 6, 6]" in str(e.value)

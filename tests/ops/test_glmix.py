@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from op_testing import build, check_examples, flops_macs, gradcheck_module, nparams, shape_error
+from op_testing import (build, check_examples, check_loop_reference, flops_macs, gradcheck_module, nparams,
+                        shape_error)
 from torch import nn
 
 
@@ -86,13 +87,7 @@ def test_examples_agree_with_modules():
     ((4, 3, 4), {"slots": 5, "init": "param", "heads": 2}), ((2, 2, 3), {"slots": 9, "k": 3}),
 ], ids=["1d", "1d-heads2", "2d", "2d-param", "2d-more-slots-than-rows"])
 def test_matches_the_loop_reference(shape, attrs):
-    spec, _, m = build("glmix", attrs, shape)
-    m = m.double()
-    x = torch.randn(2, *shape, dtype=torch.float64)
-    with torch.no_grad():
-        expected = loop_reference(m, x)
-        torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(spec.reference(m, x), expected, rtol=1e-10, atol=1e-12)
+    check_loop_reference("glmix", attrs, shape, loop_reference)
 
 
 @pytest.mark.parametrize("shape,attrs", [((2, 5), {"slots": 2}), ((2, 3, 3), {"slots": 4, "init": "param", "k": 3})],

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from op_testing import build, check_examples, flops_macs, gradcheck_module, nparams, shape_error
+from op_testing import (build, check_examples, check_loop_reference, flops_macs, gradcheck_module, nparams,
+                        shape_error)
 
 import archdsl
 
@@ -60,13 +61,7 @@ def test_examples_agree_with_modules():
     ((4, 5, 6), {}), ((6, 4, 5), {"heads": 2, "pad": "none", "out": 3}), ((2, 5, 5), {"dilation": 2}),
 ], ids=["1d", "1d-k5-none", "1d-dil2", "2d", "2d-none-out", "2d-dil2"])
 def test_matches_the_loop_reference(shape, attrs):
-    spec, _, m = build("msaconv", attrs, shape)
-    m = m.double()
-    x = torch.randn(2, *shape, dtype=torch.float64)
-    with torch.no_grad():
-        expected = loop_reference(m, x)
-        torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(spec.reference(m, x), expected, rtol=1e-10, atol=1e-12)
+    check_loop_reference("msaconv", attrs, shape, loop_reference)
 
 
 @pytest.mark.parametrize("shape,attrs", [((2, 5), {"pad": "none"}), ((2, 3, 4), {"heads": 2})], ids=["1d", "2d"])
