@@ -8,9 +8,10 @@ Vision Backbone"; rayleizhu/GLMix models/glnet.py `GLMixBlock._forward_relation`
 
 slots0, the initial slots: an adaptive average pool of the input to S cells (init="pool", the official
 'ada_avgpool'; S a square in 2-D) or S learnable vectors (init="param", std 0.02). The official block pools its
-input before its norm; as a mixer this op pools what it is given (the normed input). The norm, layer scale and
-residual around it belong to the block. A registered op, not a library block: the language has no L2
-normalisation and no adaptive pooling to S cells.
+input before its norm; as a mixer this op pools what it is given (the normed input). The official block is
+2-D; the 1-D form (S cells pooled along a sequence, a k-wide depthwise conv) is this op's. The norm, layer
+scale and residual around it belong to the block. A registered op, not a library block: the language has no
+L2 normalisation and no adaptive pooling to S cells.
 """
 from __future__ import annotations
 

@@ -10,8 +10,11 @@ window of every position, so it runs at any resolution:
 Outside the grid the official im2col reads zeros: a key there scores 0 and still takes part in the softmax
 with a zero value (pad="zero"); pad="none" leaves those slots out of the softmax instead. The official layer
 has one head (scale C^-1/2); heads > 1 splits the channels as multi-head attention does (scale d^-1/2, d = C /
-heads). The residual around the attention and the closing ReLU are the official layer's, inside this op. A
-registered op, not a library block: the language has no primitive that gathers a window around every position.
+heads). The residual around the attention and the closing ReLU are the official layer's, inside this op.
+Differences from the official layer: the closing conv is same-padded for every k (the official padding=1 is
+only for k = 3), its attention dropout (0.1, training only) is left out, and the 1-D form (a k-wide window on
+a sequence) is this op's, with the same arithmetic. A registered op, not a library block: the language has no
+primitive that gathers a window around every position.
 """
 from __future__ import annotations
 
