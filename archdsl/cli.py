@@ -184,15 +184,18 @@ def _print_table(info: dict, file: str) -> None:
     table.add_row("total", str(info["nodes"]), str(info["output_shape"]), f"{info['params']:,}", _human(info["macs"]))
     console = Console()
     console.print(table)
-    console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}")
+    # markup off: a list in a choice's source text, `f(dim, [h, w])`, would read as a rich style tag and vanish
+    console.print(f"input {info['input_shape']} -> output {info['output_shape']};  IR hash {info['ir_hash']}",
+                  markup=False)
     if info.get("scaling"):
         sc = info["scaling"]
         console.print(f"scaled by rule {sc['rule']} (s = {sc['s']:.4g}) to {_human(sc['macs'])} of "
                       f"{_human(sc['budget'])} MACs: {_values(sc['values'])}; the next step "
                       f"({_values(sc['next']['values'])}) has "
-                      f"{_human(sc['next']['macs'])}")
+                      f"{_human(sc['next']['macs'])}", markup=False)
     if info.get("space"):
-        console.print("search space: " + "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items()))
+        dims = "; ".join(f"{k} = {v} -> {info['choices'][k]}" for k, v in info["space"].items())
+        console.print("search space: " + dims, markup=False)
 
 
 def _values(values: dict) -> str:

@@ -1,4 +1,4 @@
-"""CPU forward latency of every registered token mixer, relative to a plain 7x7 depthwise conv.
+"""CPU forward latency of every registered (and library) token mixer, relative to a plain 7x7 depthwise conv.
 
     python benchmarks/mixers.py [--runs 20] [--warmup 3] [--batch 1] [--threads N] [--only dcls,replk]
 
@@ -13,7 +13,8 @@ the FFTs out, as their op docs say).
 
 The call used per op is its paper's setting where there is one (replk(31, 5): RepLKNet-31B's first stage;
 dcls(17, count = 34): ConvNeXt-dcls), else its defaults. Mixers registered later without an entry in CALLS
-are benchmarked with their defaults when they have no required arguments.
+are benchmarked with their defaults when they have no required arguments. Token mixers of the block library
+(LIBRARY) are timed the same way, their library imported.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ CALLS = {
     "dcls": "dcls(17, count = 34)",
     "dilreparam": "dilreparam(13)",
     "globalfilter": "globalfilter",
+    "glmix": "glmix(64, k = 5)",
     "gnconv": "gnconv(3, 7)",
     "grn": "grn",
     "inceptiondw": "inceptiondw(3, 11)",
@@ -45,6 +47,7 @@ CALLS = {
     "mbconv": "mbconv",
     "mhsa": "mhsa(head_dim = 32)",
     "moat": "moat",
+    "msaconv": "msaconv(3)",
     "poolmix": "poolmix(3)",
     "randmix": "randmix(seed = 0)",
     "relattn": "relattn",
@@ -64,6 +67,9 @@ NOTES = {
     "un": "a normalisation; eval form, folded away at deploy",
     "dico": "DiCo compact channel attention",
     "convshare": "global attention, shared depthwise projections",
+    "msaconv": "attention in each 3x3 window + 3x3 conv C -> C",
+    "ninformer_gate": "library block; MLP-Mixer gate, token MLP over all positions",
+    "glmix": "64 slots + pw/dw5/pw local branch",
     "dcls": "17-wide span, 34 taps",
     "randmix": "an N x N matrix over the positions",
     "relattn": "global attention",
@@ -78,10 +84,13 @@ NOTES = {
     "sgconv": "MACs leave out the FFTs",
 }
 SHAPES = {2: "64, 56, 56", 1: "64, 1024"}
+# Token mixers of the block library (archdsl/lib), timed like the ops: name -> (library, call per input rank).
+LIBRARY = {"ninformer_gate": ("gating", {2: "ninformer_gate(64, [56, 56])", 1: "ninformer_gate(64, [1024])"})}
 
 
 def mixer_calls() -> dict[str, str]:
-    """Every registered mixer-like op (categories mixer / block / norm, plus mhsa) -> the call to time."""
+    """Every registered mixer-like op (categories mixer / block / norm, plus mhsa) and library mixer -> the call
+    to time."""
     out = {}
     for spec in all_ops():
         if spec.category not in ("mixer", "block", "norm") and spec.name != "mhsa":
@@ -93,12 +102,14 @@ def mixer_calls() -> dict[str, str]:
         else:
             print(f"note: no representative call for '{spec.name}' (it has required arguments); skipped",
                   file=sys.stderr)
+    out.update({name: name for name in LIBRARY})  # the call depends on the input's rank: see table()
     return out
 
 
 def build(call: str, nd: int):
     """The compiled one-op model, its input and its IR totals; None when the op does not take this input."""
-    src = f"model m() {{\n  input x[{SHAPES[nd]}]\n  {call}\n}}\n"
+    imports = "".join(f'import "{lib}"\n' for lib in sorted({lib for lib, _ in LIBRARY.values()}))
+    src = f"{imports}model m() {{\n  input x[{SHAPES[nd]}]\n  {call}\n}}\n"
     try:
         G = archdsl.build(archdsl.parse(src))
     except archdsl.ArchError as e:
@@ -124,7 +135,9 @@ def table(nd: int, calls: dict[str, str], args) -> list[str]:
     spatial_ok = {s.name: nd in s.spatial_dims for s in all_ops()}
     entries, skipped = [("dwconv", BASELINE)], []
     for name, call in calls.items():
-        if spatial_ok.get(name, False) and name != "dwconv":
+        if name in LIBRARY and nd in LIBRARY[name][1]:
+            entries.append((name, LIBRARY[name][1][nd]))
+        elif spatial_ok.get(name, False) and name != "dwconv":
             entries.append((name, call))
     built = []
     for name, call in entries:

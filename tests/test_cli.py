@@ -49,6 +49,14 @@ def test_check_prints_a_table(capsys):
     assert "IR hash" in out
 
 
+def test_check_prints_list_arguments_of_choices(capsys, tmp_path):
+    """Source text with a list, `dwconv([k, 1])`, is printed as written (not taken for a rich style tag)."""
+    path = tmp_path / "lists.arch"
+    path.write_text("model s(k = 3, mixer = choice(dwconv(3), dwconv([k, 1]))) {\n  input x[4, 8, 8]\n  mixer\n}\n")
+    rc, out, _ = run(capsys, "check", str(path))
+    assert rc == 0 and "dwconv([k, 1])" in " ".join(out.split())
+
+
 def test_check_json(capsys):
     rc, out, _ = run(capsys, "check", TINY, "--json")
     assert rc == 0

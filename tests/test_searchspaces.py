@@ -2,6 +2,8 @@
 option of every dimension; the reference models have their published parameter counts and MACs."""
 from __future__ import annotations
 
+import importlib.util
+import itertools
 import random
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 import archdsl
 from archdsl.frontend.choices import DefaultResolver
 from archdsl.ir.graph import totals
+from codegen.python_source import emit
 
 ROOT = Path(__file__).resolve().parents[1] / "searchspaces"
 ARCH_FILES = sorted(ROOT.rglob("*.arch"))
@@ -18,6 +21,7 @@ ARCH_FILES = sorted(ROOT.rglob("*.arch"))
 SPACES = {
     "seq1d_mixers.arch": ((1, 40), {}),
     "image2d_mixers.arch": ((1, 8, 8), {}),
+    "image2d_seedmixers.arch": ((1, 8, 8), {}),
 }
 CIFAR = ((3, 32, 32), {"channels": 3, "size": 32, "patch": 4})  # image2d_mixers at CIFAR size
 
@@ -102,6 +106,30 @@ def _run(program, shape, overrides, classes=10, train=True):
     return G
 
 
+def emitted_and_deployed_agree(G, shape, tmp_path):
+    """The trained module (perturbed weights, norm statistics off their init), the Python source `emit` writes for
+    it (loaded with the same weights) and its deploy form compute the same function in float64."""
+    torch.manual_seed(0)
+    module = archdsl.compile(G).double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    module.train()(x)
+    module.eval()
+    path = tmp_path / "model.py"
+    path.write_text(emit(G))
+    spec = importlib.util.spec_from_file_location(f"emitted_{abs(hash(str(tmp_path)))}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with torch.no_grad():
+        want = module(x)
+        emitted = mod.Model().double().eval()
+        emitted.load_state_dict(module.state_dict())
+        torch.testing.assert_close(emitted(x), want)
+        torch.testing.assert_close(module.deploy()(x), want, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("file, shape, overrides", POINTS)
 def test_every_option_builds_compiles_and_runs(file, shape, overrides):
     _run(archdsl.parse(ROOT / file), shape, overrides)
@@ -130,14 +158,16 @@ def test_image_space_at_cifar_size():
 
 @pytest.mark.parametrize("file", sorted(SPACES))
 def test_spaces_stay_small(file):
-    """The largest widths, depths, MLP ratio and kernels, with any pair of mixers, stay under 100k parameters."""
+    """The largest widths, depths, MLP ratio and kernels, with any combination of the mixer slots, stay under 100k
+    parameters."""
     shape, base = SPACES[file]
     program = archdsl.parse(ROOT / file)
     dims = _dims(program, base)
     biggest = {name: (dim.high if dim.kind == "int" else max(dim.options))
                for name, dim in dims.items() if name.startswith(("width", "depth", "mlp_ratio", "k", "large_k"))}
-    counts = [totals(archdsl.build(program, **base, **biggest, mixer1=m1, mixer2=m2))["params"]
-              for m1 in dims["mixer1"].labels for m2 in dims["mixer2"].labels]
+    slots = sorted(name for name in dims if name.startswith("mixer"))
+    counts = [totals(archdsl.build(program, **base, **biggest, **dict(zip(slots, mixers))))["params"]
+              for mixers in itertools.product(*(dims[name].labels for name in slots))]
     assert max(counts) < 100_000
 
 

@@ -2,14 +2,10 @@
 Python source), trains a step and runs; deployed, each computes what the trained module does."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-import torch
 
 import archdsl
-from codegen.python_source import emit
-from tests.test_searchspaces import ROOT, _dims, _options, _run
+from tests.test_searchspaces import ROOT, _dims, _options, _run, emitted_and_deployed_agree
 
 FILE = "image2d_seedconvs.arch"
 SHAPE = (1, 8, 8)
@@ -26,33 +22,9 @@ def test_the_space_offers_every_new_convolution():
     assert {"rank", "sparsity", "b"} <= set(DIMS)
 
 
-def _emitted(G, tmp_path):
-    path = tmp_path / "model.py"
-    path.write_text(emit(G))
-    spec = importlib.util.spec_from_file_location(f"seedconv_{abs(hash(str(tmp_path)))}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Model()
-
-
 @pytest.mark.parametrize("overrides", POINTS)
 def test_every_option_builds_compiles_and_runs(overrides, tmp_path):
-    G = _run(PROGRAM, SHAPE, overrides)
-    torch.manual_seed(0)
-    module = archdsl.compile(G).double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    x = torch.randn(3, *SHAPE, dtype=torch.float64)
-    module.train()(x)  # BatchNorm statistics off their init
-    module.eval()
-    with torch.no_grad():
-        want = module(x)
-        emitted = _emitted(G, tmp_path).double().eval()
-        emitted.load_state_dict(module.state_dict())
-        torch.testing.assert_close(emitted(x), want)
-        deployed = module.deploy()
-        torch.testing.assert_close(deployed(x), want, rtol=1e-9, atol=1e-10)
+    emitted_and_deployed_agree(_run(PROGRAM, SHAPE, overrides), SHAPE, tmp_path)
 
 
 def test_sparse_mlp_deploys_to_the_kernel_the_threshold_picks():

@@ -79,3 +79,15 @@ def check_reference_and_gradients(name, attrs, shape):
     assert torch.autograd.gradcheck(m, (x,))
     m(x).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def check_loop_reference(name, attrs, shape, loop):
+    """In float64, the module and the op's registered reference both equal `loop(module, x)`, a reference the
+    test writes itself (loops over positions)."""
+    spec, _, m = build(name, attrs, shape)
+    m = m.double()
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        expected = loop(m, x)
+        torch.testing.assert_close(m(x), expected, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(spec.reference(m, x), expected, rtol=1e-10, atol=1e-12)

@@ -26,8 +26,8 @@ def test_mixed_precision_search_measures_size_and_real_precision_latency(tmp_pat
     deployed = []
     real = trial_mod._deploy
 
-    def spy(G, module):
-        out = real(G, module)
+    def spy(G, module, act_bits=8):
+        out = real(G, module, act_bits)
         deployed.append({(n, type(m).__name__, str(next(iter(m.state_dict().values())).dtype)) for n, m in
                          out.named_modules() if m.state_dict() and "." not in n})
         return out
