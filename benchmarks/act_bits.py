@@ -14,11 +14,10 @@ float32 fallback while 7-bit runs the int8 kernels; the timings are then this CP
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from deploy import machine, measure
 
 import archdsl
 from archdsl.ops.quantized import _QuantizedOp
@@ -48,19 +47,6 @@ def _ptq(fp32, data, bits):
     return m.deploy(log=lambda msg: None)
 
 
-def _median_ms(modules: dict, x, runs: int) -> dict:
-    times = {k: [] for k in modules}
-    with torch.no_grad():
-        for m in modules.values():
-            m(x)
-        for _ in range(runs):
-            for k, m in modules.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", default="12", help="comma-separated training lengths")
@@ -71,6 +57,7 @@ def main() -> None:
     if args.no_vnni:
         _QuantizedOp._exact[(torch.backends.quantized.engine, 255)] = False
     data = load("mnist1d")
+    print(machine())
     print(f"quantized engine {torch.backends.quantized.engine}; 8-bit kernels exact: {_QuantizedOp.kernels_exact(255)}, "
           f"7-bit: {_QuantizedOp.kernels_exact(127)}")
     print("| epochs | fp32 | QAT 8-bit, deployed | QAT 7-bit, deployed | PTQ 8-bit, deployed | PTQ 7-bit, deployed |")
@@ -91,7 +78,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     order = {k: deployed[k] for k in ("fp32", "int8, 8-bit", "int8, 7-bit")}
     for batch in (1, 8):
-        ms = _median_ms(order, data.x_test[:batch], args.runs)
+        ms = {k: v * 1e3 for k, v in measure(order, data.x_test[:batch], 10, args.runs).items()}
         f = ms["fp32"]
         print(f"| {batch} | {f:.3f} | {ms['int8, 8-bit']:.3f} | {ms['int8, 7-bit']:.3f} | "
               f"{f / ms['int8, 8-bit']:.2f} | {f / ms['int8, 7-bit']:.2f} |")
