@@ -93,6 +93,15 @@ def levit_index(res):
     return torch.tensor([[abs(p[0] - q[0]) * res + abs(p[1] - q[1]) for q in pos] for p in pos])
 
 
+def first_seen_index(res):
+    """LSNet's (and the original LeViT's) numbering: each |dy|, |dx| offset numbered by its first appearance
+    over all position pairs, row-major."""
+    pos, seen, rows = list(itertools.product(range(res), range(res))), {}, []
+    for p in pos:
+        rows.append([seen.setdefault((abs(p[0] - q[0]), abs(p[1] - q[1])), len(seen)) for q in pos])
+    return torch.tensor(rows)
+
+
 # ---- the built-in mhsa and the library's mha -----------------------------------------------------------------
 
 @pytest.mark.parametrize("qkv_bias,shape,heads", [(False, (12, 7), 3), (True, (8, 5), 2), (True, (6, 9), 1)])
@@ -334,7 +343,7 @@ def test_lsnet_attention_against_float64():
     qkv = bn_eval(F.conv2d(x, p[f"{pre}.qkv.conv.weight"]).flatten(2), p, f"{pre}.qkv.bn").reshape(2, -1, 3, 3)
     q, k, v = qkv.split([4, 4, 12], dim=1)
     q = bn_eval(F.conv2d(q, p[f"{pre}.q.dwconv.weight"], padding=1, groups=4).flatten(2), p, f"{pre}.q.bn")
-    bias = p[f"{pre}.attn.bias_table.attention_biases"][:, levit_index(3)]
+    bias = p[f"{pre}.attn.bias_table.attention_biases"][:, first_seen_index(3)]  # as the official code reads it
     out = ref_heads_attention(q.reshape(2, 2, 2, 9), k.reshape(2, 2, 2, 9), v.reshape(2, 2, 6, 9), bias=bias)
     ref = bn_eval(lin(F.relu(out), p[f"{pre}.proj.conv.weight"].flatten(1)), p, f"{pre}.proj.bn").reshape(2, 8, 3, 3)
     with torch.no_grad():
