@@ -16,7 +16,8 @@ SMALL = {"dims": [32, 32, 32, 64], "widths": [4, 8, 8, 8], "depths": [1, 1, 1, 1
          "size": 32, "classes": 5, "channels": 6, "dim": 32, "depth": 2, "key_dim": 8}
 
 
-PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]}}  # head counts that divide the small widths
+PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the small widths
+             "swin_unet3d": {"feature": 6, "channels": 1}}  # a U-net at 32^3: narrow, or the interpreter takes minutes
 
 
 def small_overrides(path):
