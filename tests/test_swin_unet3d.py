@@ -82,3 +82,13 @@ def test_patch_merge_is_monai_patch_merging_v2(tmp_path):
     normed = (cat - mu) / torch.sqrt(var + 1e-5) * ln.weight.double() + ln.bias.double()
     expected = (normed @ lin.weight.double().T).permute(0, 4, 1, 2, 3)
     torch.testing.assert_close(m(x), expected)
+
+
+def test_the_encoder_decoder_in_the_docs_builds_and_keeps_the_input_size():
+    doc = (FILE.parents[2] / "docs" / "language.md").read_text()
+    src = next(b for b in doc.split("```")[1::2] if "model unet3d" in b)
+    G = archdsl.build(archdsl.parse(src))
+    assert G.nodes[G.graph["output"]]["shape"] == (2, 32, 32, 32)
+    # `$vol` is the input itself: the second branch's patch embedding reads it
+    embed = next(n for n in G.nodes if n.startswith("e1.") and G.nodes[n]["op"] == "conv")
+    assert list(G.predecessors(embed)) == [G.graph["input"]]

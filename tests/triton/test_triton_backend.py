@@ -61,8 +61,10 @@ def _copy_weights(ref, tri):
         if type(mod).__name__ == "TritonGroup":
             for member_name, member in zip(mod.names, mod.members):
                 member.load_state_dict(src[f"{name}.{member_name}"].state_dict())
-        elif name in src and not list(mod.children()):
-            mod.load_state_dict(src[name].state_dict())
+        elif name in src:  # each module's own tensors: a bias table (RelAttn's) sits beside child layers
+            with torch.no_grad():
+                for key, t in [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]:
+                    t.copy_(getattr(src[name], key))
 
 
 def test_some_groups_really_run_in_triton():
