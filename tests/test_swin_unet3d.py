@@ -1,7 +1,8 @@
 """searchspaces/models/swin_unet3d.arch, MONAI's SwinUNETR (feature_size 12, window 4, mergingv2, no stage
 normalization): the parameter count derived here by hand from MONAI's layers equals the official module's
 3,911,204; the logits have the input's spatial size; the patch merging written with reshape / permute is
-PatchMergingV2; the Swin blocks alternate their shift and drop it where one window covers a stage."""
+PatchMergingV2; the Swin blocks alternate their shift and drop it where one window covers a stage; and, where
+MONAI is installed, the model with MONAI's weights computes MONAI's output."""
 from __future__ import annotations
 
 import itertools
@@ -92,3 +93,40 @@ def test_the_encoder_decoder_in_the_docs_builds_and_keeps_the_input_size():
     # `$vol` is the input itself: the second branch's patch embedding reads it
     embed = next(n for n in G.nodes if n.startswith("e1.") and G.nodes[n]["op"] == "conv")
     assert list(G.predecessors(embed)) == [G.graph["input"]]
+
+
+def _monai_order(keys):
+    """MONAI's PatchMergingV2 registers its reduction before its norm; the .arch file norms first."""
+    rank = {k: i + (2.5 if "downsample.reduction" in k else 0) for i, k in enumerate(keys)}
+    return sorted(keys, key=rank.get)
+
+
+def test_equals_monai_swin_unetr_with_its_weights():
+    """Where MONAI is installed: its SwinUNETR's weights loaded into the .arch model give its output (float64)."""
+    nets = pytest.importorskip("monai.networks.nets")
+    pytest.importorskip("einops")
+    torch.manual_seed(0)
+    ref = nets.SwinUNETR(in_channels=1, out_channels=2, feature_size=12, window_size=4, spatial_dims=3,
+                         downsample="mergingv2", normalize=False).double().eval()
+    # 64^3: at 32^3 MONAI's InstanceNorm refuses the 1-voxel bottleneck and its last stage clamps the window
+    mine = archdsl.compile(archdsl.build(FILE)).double().eval()
+    pairs = [("embed", "swinViT.patch_embed")] + [(f"x{i}", f"swinViT.layers{i}") for i in range(1, 5)] + [
+        ("enc0", "encoder1"), ("enc1", "encoder2"), ("enc2", "encoder3"), ("enc3", "encoder4"), ("dec4", "encoder10"),
+        ("dec3", "decoder5"), ("dec2", "decoder4"), ("dec1", "decoder3"), ("dec0", "decoder2"), ("up", "decoder1"),
+        ("head", "out")]
+    ours, theirs = dict(mine.named_parameters()), dict(ref.named_parameters())
+    copied = 0
+    with torch.no_grad():
+        for a, b in pairs:
+            keys_a = [k for k in ours if k.startswith(a + ".")]
+            keys_b = _monai_order([k for k in theirs if k.startswith(b + ".")])
+            assert [ours[k].shape for k in keys_a] == [theirs[k].shape for k in keys_b], (a, b)
+            for ka, kb in zip(keys_a, keys_b):
+                if "bias_table" in kb:
+                    theirs[kb].normal_(0, 0.1)  # MONAI starts them near zero, which would hide a wrong index
+                ours[ka].copy_(theirs[kb])
+                copied += 1
+    assert copied == len(ours) == len(theirs)
+    x = torch.randn(1, 1, 64, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x), ref(x), rtol=1e-9, atol=1e-10)
