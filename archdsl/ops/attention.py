@@ -163,7 +163,7 @@ def _relattn_shape(a, ins):
     return tuple(ins[0])
 
 
-def _attn_params(c, heads, size, a):
+def attn_params(c, heads, size, a):
     return 4 * c * c + (3 * c if a.qkv_bias else 0) + c + (rel_table_size(size) * heads if a.rel_pos else 0)
 
 
@@ -182,14 +182,14 @@ def _relattn_reference(m, x):
     return ref_relattn_tokens(m, t).transpose(1, 2).reshape(x.shape)
 
 
-def _attn_attrs():
+def attn_attrs():
     return (Attr("heads", "int", None, check=positive, doc="default: C/32 when 32 divides C, else 1"),
             Attr("qkv_bias", "bool", True), Attr("rel_pos", "bool", True, doc="learnable relative position bias"))
 
 
-op("relattn", *_attn_attrs(),
+op("relattn", *attn_attrs(),
    shape=_relattn_shape,
-   params=lambda a, ins: _attn_params(ins[0][0], need_heads("relattn", ins[0][0], a.heads, ins[0]), ins[0][1:], a),
+   params=lambda a, ins: attn_params(ins[0][0], need_heads("relattn", ins[0][0], a.heads, ins[0]), ins[0][1:], a),
    macs=lambda a, ins, out: attention_macs(numel(ins[0][1:]), numel(ins[0][1:]), ins[0][0]),
    torch=lambda a, ins: (RelAttn, dict(dim=ins[0][0], heads=need_heads("relattn", ins[0][0], a.heads, ins[0]),
                                        size=tuple(ins[0][1:]), qkv_bias=a.qkv_bias, rel_pos=a.rel_pos)),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdsl.errors import ArchError
-from archdsl.ops.attention import RelAttn, _attn_attrs, _attn_params, rel_index
+from archdsl.ops.attention import RelAttn, attn_attrs, attn_params, rel_index
 from archdsl.ops.references import kernel_offsets, ref_attention, ref_linear, ref_rel_bias
 from archdsl.ops.registry import Attr, non_negative, op, positive
 from archdsl.ops.shapes import need_heads, need_spatial, numel
@@ -162,9 +162,9 @@ def _winattn_torch(a, ins):
 op("winattn", Attr("window", "ints", 7, check=positive, doc="window size per spatial dim"),
    Attr("shift", "ints", None, check=non_negative,
         doc="cyclic shift per spatial dim (Swin: 0, then window // 2 in every other block); default 0"),
-   *_attn_attrs(),
+   *attn_attrs(),
    shape=_winattn_shape,
-   params=lambda a, ins: _attn_params(ins[0][0], need_heads("winattn", ins[0][0], a.heads, ins[0]), a.window, a),
+   params=lambda a, ins: attn_params(ins[0][0], need_heads("winattn", ins[0][0], a.heads, ins[0]), a.window, a),
    macs=_winattn_macs, torch=_winattn_torch, reference=_winattn_reference, spatial_dims=(1, 2, 3),
    category="mixer",
    doc="Swin (shifted) window attention: MHSA within non-overlapping windows (zero-padded to multiples of the "

@@ -18,14 +18,16 @@ def gather_reference(m, x):
         for tap in itertools.product(*(range(kk) for kk in k)):
             src = [(p - t) // st for p, t, st in zip(pos, tap, stride)]
             if all((p - t) % st == 0 and 0 <= i < s for p, t, st, i, s in zip(pos, tap, stride, src, sizes)):
-                y[(slice(None), slice(None), *pos)] += x[(slice(None), slice(None), *src)] @ w[(slice(None), slice(None), *tap)]
+                every = (slice(None), slice(None))
+                y[(*every, *pos)] += x[(*every, *src)] @ w[(*every, *tap)]
     if m.bias is not None:
         y += m.bias.double().reshape(1, -1, *[1] * len(sizes))
     return y
 
 
-CASES = [({"out": 3}, (4, 5, 3)), ({"out": 2, "k": 3, "stride": 2}, (3, 7)), ({"out": 2, "bias": False}, (3, 3, 2, 5)),
-         ({"out": 2, "k": [3, 2, 2], "stride": [2, 2, 1]}, (2, 3, 2, 3)), ({"out": 4, "k": [2, 3], "stride": [2, 1]}, (2, 3, 4))]
+CASES = [({"out": 3}, (4, 5, 3)), ({"out": 2, "k": 3, "stride": 2}, (3, 7)),
+         ({"out": 2, "bias": False}, (3, 3, 2, 5)), ({"out": 2, "k": [3, 2, 2], "stride": [2, 2, 1]}, (2, 3, 2, 3)),
+         ({"out": 4, "k": [2, 3], "stride": [2, 1]}, (2, 3, 4))]
 
 
 @pytest.mark.parametrize("attrs,shape", CASES, ids=[str(s) for _, s in CASES])
