@@ -137,7 +137,8 @@ class Elaborator(NodeNaming):
         add_op(self.G, name, "input", [], shape=tuple(dims), span=s.span, precision=ctx.precision,
                layout=ctx.layout)
         self.G.graph["input"] = name
-        return Tensor(name, tuple(dims))
+        ctx.refs[s.name] = Tensor(name, tuple(dims))  # `$image` reads the input again (a U-net's first skip)
+        return ctx.refs[s.name]
 
     def _labeled(self, s: A.Labeled, frame, ctx, current):
         label = s.label

@@ -1,4 +1,4 @@
-"""Elementwise activations: relu, gelu, silu, sigmoid, tanh, hardswish, starrelu, relu2 (squared_relu).
+"""Elementwise activations: relu, leakyrelu, gelu, silu, sigmoid, tanh, hardswish, starrelu, relu2 (squared_relu).
 
 They keep the shape and count 0 MACs. References are the textbook formulas in float64 (exp / erf / tanh),
 not the torch activation kernels.
@@ -83,6 +83,12 @@ _simple("tanh", nn.Tanh, lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x
 _simple("hardswish", nn.Hardswish, lambda x: x * torch.clamp(x + 3.0, 0.0, 6.0) / 6.0,
         "x * relu6(x + 3) / 6 (MobileNetV3).")
 _simple("relu2", SquaredReLU, lambda x: _relu(x) ** 2, "Squared ReLU, relu(x)^2.", aliases=("squared_relu",))
+
+op("leakyrelu", Attr("slope", "float", 0.01, doc="the slope below zero (MONAI's U-net blocks: 0.01)"),
+   shape=_same, torch=lambda a, ins: (nn.LeakyReLU, dict(negative_slope=a.slope)),
+   reference=lambda m, x: _relu(x.double()) - m.negative_slope * _relu(-x.double()),
+   doc="x for x > 0, slope * x below (nn.LeakyReLU).",
+   examples=(*_SHAPES, ({"slope": 0.2}, [(3, 7)])))
 
 op("gelu", Attr("approximate", "str", "none", choices=("none", "tanh")),
    shape=_same, torch=lambda a, ins: (nn.GELU, dict(approximate=a.approximate)), reference=_gelu_reference,

@@ -1,5 +1,5 @@
-"""Attention token mixers over the positions of a feature map: mhsa, relattn (relative position bias), winattn
-(Swin windows), cvtattn (convolutional projections).
+"""Attention token mixers over the positions of a feature map: mhsa, relattn (relative position bias), cvtattn
+(convolutional projections); Swin's window attention is in window_attention.py.
 
 The tokens are the spatial positions of a (C, H, W) / (C, L) input (a (C,) vector is one token) and the
 features are the C channels, as in the attention token mixer of MetaFormer / CAFormer (Yu et al. 2022). MACs
@@ -16,7 +16,7 @@ from torch import nn
 
 from archdsl.errors import ArchError
 from archdsl.ops.conv import conv_reference
-from archdsl.ops.references import kernel_offsets, ref_attention, ref_bn, ref_linear, ref_rel_bias
+from archdsl.ops.references import ref_attention, ref_bn, ref_linear, ref_rel_bias
 from archdsl.ops.registry import Attr, op, positive, probability
 from archdsl.ops.shapes import attention_macs, conv_out, need_heads, need_spatial, numel
 
@@ -139,13 +139,16 @@ class RelAttn(nn.Module):
         else:
             self.rel_table = None
 
-    def attend(self, t):
-        """Attention among tokens t (B, N, C), N = prod(size)."""
+    def attend(self, t, mask=None):
+        """Attention among tokens t (B, N, C), N = prod(size); `mask` (windows, N, N) is added to the scores of
+        each group of `windows` consecutive token sets (Swin's shifted-window mask)."""
         b, n, c = t.shape
         q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         scores = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
         if self.rel_table is not None:
             scores = scores + self.rel_table[self.rel_index].permute(2, 0, 1)
+        if mask is not None:
+            scores = (scores.view(-1, mask.shape[0], self.heads, n, n) + mask[:, None]).view(b, self.heads, n, n)
         out = scores.softmax(-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -160,7 +163,7 @@ def _relattn_shape(a, ins):
     return tuple(ins[0])
 
 
-def _attn_params(c, heads, size, a):
+def attn_params(c, heads, size, a):
     return 4 * c * c + (3 * c if a.qkv_bias else 0) + c + (rel_table_size(size) * heads if a.rel_pos else 0)
 
 
@@ -179,14 +182,14 @@ def _relattn_reference(m, x):
     return ref_relattn_tokens(m, t).transpose(1, 2).reshape(x.shape)
 
 
-def _attn_attrs():
+def attn_attrs():
     return (Attr("heads", "int", None, check=positive, doc="default: C/32 when 32 divides C, else 1"),
             Attr("qkv_bias", "bool", True), Attr("rel_pos", "bool", True, doc="learnable relative position bias"))
 
 
-op("relattn", *_attn_attrs(),
+op("relattn", *attn_attrs(),
    shape=_relattn_shape,
-   params=lambda a, ins: _attn_params(ins[0][0], need_heads("relattn", ins[0][0], a.heads, ins[0]), ins[0][1:], a),
+   params=lambda a, ins: attn_params(ins[0][0], need_heads("relattn", ins[0][0], a.heads, ins[0]), ins[0][1:], a),
    macs=lambda a, ins, out: attention_macs(numel(ins[0][1:]), numel(ins[0][1:]), ins[0][0]),
    torch=lambda a, ins: (RelAttn, dict(dim=ins[0][0], heads=need_heads("relattn", ins[0][0], a.heads, ins[0]),
                                        size=tuple(ins[0][1:]), qkv_bias=a.qkv_bias, rel_pos=a.rel_pos)),
@@ -195,111 +198,6 @@ op("relattn", *_attn_attrs(),
        "((2H-1)(2W-1) x heads; (2L-1) x heads in 1-D).",
    examples=(({"heads": 2}, [(6, 3, 5)]), ({"heads": 3, "qkv_bias": False}, [(6, 7)]),
              ({"rel_pos": False, "heads": 1}, [(4, 2, 3)]), ({}, [(8, 4, 3)])))
-
-
-# ---------------------------------------------------------------------------------------------- winattn
-# Swin window attention (Liu et al. 2021; timm swin_transformer.py `WindowAttention` / `SwinTransformerBlock`):
-# zero-pad H, W up to multiples of the window at the bottom / right (as Swin does after norm1), attend within
-# each non-overlapping window with a shared per-head relative bias table ((2wh-1)(2ww-1), heads), crop back.
-# Swin's padded tokens are not masked in unshifted windows; neither are they here.
-
-
-def window_partition(x, window):
-    """(n, c, *sizes) with sizes divisible by window -> (n * windows, prod(window), c) tokens."""
-    n, c, sizes = x.shape[0], x.shape[1], x.shape[2:]
-    nd = len(window)
-    split = [n, c]
-    for s, w in zip(sizes, window):
-        split += [s // w, w]
-    perm = [0] + [2 + 2 * i for i in range(nd)] + [3 + 2 * i for i in range(nd)] + [1]
-    return x.reshape(split).permute(perm).reshape(-1, math.prod(window), c)
-
-
-def window_reverse(t, window, sizes):
-    """Inverse of window_partition: (n * windows, prod(window), c) -> (n, c, *sizes)."""
-    nd = len(window)
-    grid = [s // w for s, w in zip(sizes, window)]
-    c = t.shape[-1]
-    x = t.reshape(-1, *grid, *window, c)
-    perm = [0, 2 * nd + 1]
-    for i in range(nd):
-        perm += [1 + i, 1 + nd + i]
-    return x.permute(perm).reshape(-1, c, *sizes)
-
-
-class WinAttn(nn.Module):
-    """Window attention: pad, partition into windows, RelAttn within each window, merge, crop."""
-
-    _emit_deps = (RelAttn, rel_index, window_partition, window_reverse)
-
-    def __init__(self, dim, heads, window, qkv_bias=True, rel_pos=True):
-        super().__init__()
-        self.window = tuple(window)
-        self.attn = RelAttn(dim, heads, self.window, qkv_bias=qkv_bias, rel_pos=rel_pos)
-
-    def forward(self, x):
-        sizes = x.shape[2:]
-        padded = [-(-s // w) * w for s, w in zip(sizes, self.window)]
-        pads = [p for s, ps in zip(reversed(sizes), reversed(padded)) for p in (0, ps - s)]
-        xp = F.pad(x, pads) if any(pads) else x
-        y = window_reverse(self.attn.attend(window_partition(xp, self.window)), self.window, padded)
-        return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in sizes)]
-
-
-def _padded(size, window):
-    return tuple(-(-s // w) * w for s, w in zip(size, window))
-
-
-def _winattn_shape(a, ins):
-    need_spatial("winattn", ins[0], (1, 2))
-    size = tuple(ins[0][1:])
-    if any(w > s for w, s in zip(a.window, size)):
-        raise ArchError(f"winattn(): window {list(a.window)} is larger than the input {list(size)} "
-                        f"(input shape {list(ins[0])})",
-                        hint="use a window no larger than the feature map (Swin clamps it to the map size), "
-                             "or relattn for global attention")
-    need_heads("winattn", ins[0][0], a.heads, ins[0])
-    return tuple(ins[0])
-
-
-def _winattn_macs(a, ins, out):
-    # every padded position goes through qkv and proj; QK^T and AV are within windows of M = prod(window)
-    c, m = ins[0][0], math.prod(a.window)
-    n = numel(_padded(ins[0][1:], a.window))
-    return 4 * n * c * c + 2 * n * m * c
-
-
-def _winattn_reference(m, x):
-    """Gather each window's tokens by explicit index loops from the zero-padded input; scatter them back."""
-    x = x.double()
-    n, c = x.shape[:2]
-    window = m.window
-    sizes = x.shape[2:]
-    padded = _padded(sizes, window)
-    xp = torch.zeros(n, c, *padded, dtype=torch.float64)
-    xp[(slice(None), slice(None)) + tuple(slice(0, s) for s in sizes)] = x
-    y = torch.zeros_like(xp)
-    grid = [p // w for p, w in zip(padded, window)]
-    for origin in kernel_offsets(tuple(grid)):
-        cells = [tuple(o * w + i for o, w, i in zip(origin, window, inner)) for inner in kernel_offsets(window)]
-        t = torch.stack([xp[(slice(None), slice(None)) + cell] for cell in cells], dim=1)  # (n, M, c)
-        out = ref_relattn_tokens(m.attn, t)
-        for j, cell in enumerate(cells):
-            y[(slice(None), slice(None)) + cell] = out[:, j]
-    return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in sizes)]
-
-
-op("winattn", Attr("window", "ints", 7, check=positive, doc="window size per spatial dim"), *_attn_attrs(),
-   shape=_winattn_shape,
-   params=lambda a, ins: _attn_params(ins[0][0], need_heads("winattn", ins[0][0], a.heads, ins[0]), a.window, a),
-   macs=_winattn_macs,
-   torch=lambda a, ins: (WinAttn, dict(dim=ins[0][0], heads=need_heads("winattn", ins[0][0], a.heads, ins[0]),
-                                       window=a.window, qkv_bias=a.qkv_bias, rel_pos=a.rel_pos)),
-   reference=_winattn_reference, spatial_dims=(1, 2), category="mixer",
-   doc="Swin window attention: MHSA within non-overlapping windows (zero-padded to multiples of the window) "
-       "with a per-head relative position bias table ((2wh-1)(2ww-1) x heads).",
-   examples=(({"window": 3, "heads": 2}, [(4, 6, 7)]), ({"window": [2, 3], "heads": 1}, [(3, 5, 6)]),
-             ({"window": 4, "heads": 2, "qkv_bias": False}, [(6, 10)]), ({"window": 5, "rel_pos": False}, [(2, 5)])))
 
 
 # ---------------------------------------------------------------------------------------------- cvtattn
