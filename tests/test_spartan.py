@@ -26,7 +26,13 @@ EPS = 1e-6  # the official BatchNorm and LayerNorm (group_norm) eps
 def compile_block(call, cin, shape, seed=0):
     dims = ", ".join(map(str, shape))
     src = f'import "spartan"\nmodel t() {{ input x[{cin}, {dims}]\n {call} }}'
-    m = archdsl.compile(archdsl.build(archdsl.parse(src))).double()
+    return randomized(archdsl.compile(archdsl.build(archdsl.parse(src))), seed)
+
+
+def randomized(m, seed=0):
+    """(the module in float64 and eval mode, its state) with every float entry drawn again: a layer scale of
+    1e-5 or a BN bias of 0 would hide a wrong branch."""
+    m = m.double()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in m.state_dict().items():
@@ -37,17 +43,18 @@ def compile_block(call, cin, shape, seed=0):
 
 # ---- float64 reference, step by step as the official modules --------------------------------------------------
 
-def conv(x, w, b=None, groups=1, dilation=1):
-    """'same' convolution (odd kernel, padding dilation * (k - 1) / 2) as a sum over kernel offsets: each offset
-    multiplies a shifted window of the padded input by that tap of every group's weights."""
+def conv(x, w, b=None, groups=1, dilation=1, stride=1, padding=None):
+    """Convolution as a sum over kernel offsets: each offset multiplies a (strided) window of the padded input by
+    that tap of every group's weights. padding None: 'same' for an odd kernel, dilation * (k - 1) / 2."""
     k = w.shape[2:]
-    pad = [dilation * (s - 1) // 2 for s in k]
+    pad = [dilation * (s - 1) // 2 if padding is None else padding for s in k]
     xp = F.pad(x, [p for p in reversed(pad) for _ in range(2)])
+    outs = [(n + 2 * p - dilation * (s - 1) - 1) // stride + 1 for n, p, s in zip(x.shape[2:], pad, k)]
     cin_g, cout_g = x.shape[1] // groups, w.shape[0] // groups
-    y = torch.zeros(x.shape[0], w.shape[0], *x.shape[2:], dtype=torch.float64)
+    y = torch.zeros(x.shape[0], w.shape[0], *outs, dtype=torch.float64)
     for tap in itertools.product(*(range(s) for s in k)):
-        window = xp[(slice(None), slice(None)) + tuple(slice(t * dilation, t * dilation + n)
-                                                       for t, n in zip(tap, x.shape[2:]))]
+        window = xp[(slice(None), slice(None)) + tuple(slice(t * dilation, t * dilation + stride * (o - 1) + 1, stride)
+                                                       for t, o in zip(tap, outs))]
         for g in range(groups):
             wg = w[g * cout_g:(g + 1) * cout_g, :, *tap]  # (cout_g, cin_g)
             y[:, g * cout_g:(g + 1) * cout_g] += torch.einsum("oi,bi...->bo...", wg,
@@ -290,6 +297,28 @@ def test_spartan_t_count_is_the_official_one():
     # module's view_as_complex multiply hides from a FLOP counter
     stages = [(3, 128, 56), (3, 256, 28), (12, 256, 14), (2, 512, 7)]  # blocks, neck width, side
     assert t["macs"] == conv_macs + sum(2 * n * neck * side * side for n, neck, side in stages)
+
+
+def spartan_t(x, p, dims, depths, expands):
+    """SpaRTAN.forward: the two stem ConvNormActs (GELU), stages with a 2x2/2 ConvNormAct (SiLU) between them,
+    average pool, linear."""
+    for name in ("stem.conv", "stem.conv_1"):
+        x = gelu(bn(conv(x, p[f"{name}.weight"], stride=2, padding=1), p, name.replace("conv", "bn")))
+    for i, depth in enumerate(depths):
+        if i > 0:
+            y = bn(conv(x, p[f"stage{i}.down.conv.weight"], stride=2, padding=0), p, f"stage{i}.down.bn")
+            x = y * torch.sigmoid(y)
+        for d in range(depth):
+            x = block(x, p, dims[i], expands[i], i >= len(depths) // 2, pre=f"stage{i}.block{d}.spartan_block")
+    return x.flatten(2).mean(-1) @ p["head.linear.weight"].T + p["head.linear.bias"]
+
+
+def test_spartan_t_against_float64_at_a_small_size():
+    dims, depths, size = [16, 24, 32, 48], [1, 1, 2, 1], 36  # odd maps: 9x9 after the stem, 4x4 after a 2x2/2
+    m, p = randomized(archdsl.compile(_spartan_t(size=size, classes=5, dims=dims, depths=depths)))
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), spartan_t(x, p, dims, depths, [4, 4, 2, 2]), rtol=1e-10, atol=1e-12)
 
 
 def test_spartan_t_small_override_counts_and_runs():
