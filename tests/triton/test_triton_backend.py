@@ -21,7 +21,8 @@ PER_MODEL = {"cvt_13": {"heads": [1, 2, 4]},  # head counts that divide the smal
              "crossvit_9": {"large_size": 32},  # both branches read the 32x32 image
              "raftmlp_s": {"kernels": [[4, 8], [2, 4], [2, 4], [2]]},  # its own embedding kernels, not SMALL's
              "moat_0": {"stem": 8, "dims": [8, 16, 32, 64]},  # narrow MBConv stages: interpreter time
-             "swin_unet3d": {"feature": 3, "channels": 1}}  # 32^3 is its least size: narrow, still ~1 min
+             "swin_unet3d": {"feature": 3, "channels": 1},  # 32^3 is its least size: narrow, still ~1 min
+             "spartan_t": {"dims": [16, 16, 16, 32], "expands": [2, 2, 2, 2]}}  # narrow blocks: interpreter time
 
 
 def small_overrides(path):
