@@ -58,26 +58,52 @@ class MagnitudePrunedConv1x1(nn.Module):
         return y if self.bias is None else y + self.bias.reshape(-1, *([1] * (x.dim() - 2)))
 
 
+def sparse_rows_kernel():
+    """archdsl's C sparse kernel module when it builds here, else None. Imported at call time: emitted model
+    source copies this function, and run without archdsl installed it falls back to torch's CSR product."""
+    try:
+        from archdsl.ops import native
+    except ImportError:
+        return None
+    return native if native.available() else None
+
+
 class CsrConv1x1(nn.Module):
-    """A 1x1 conv whose weight is a CSR matrix (row pointers, column indices, values), run by torch's CSR matmul
-    on the (C, positions) view of each sample: no copy at batch 1, the mobile inference case of the paper."""
+    """A 1x1 conv whose weight is a CSR matrix (row pointers, column indices, values) times each sample's
+    (C, positions) view: the C kernel of archdsl.ops.native for float32 inference on CPU (Fast Sparse ConvNets'
+    layout: no transposes, the output written once with its bias), torch's CSR matmul otherwise (other dtypes,
+    devices, autograd, or no C compiler)."""
+
+    _emit_deps = (sparse_rows_kernel,)
 
     def __init__(self, in_channels, out_channels, keep, bias=True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         # A valid placeholder pattern (the first `keep` entries in row-major order); the pass loads the real one.
-        flat = torch.arange(keep)
+        # int32 indices: what the C kernel reads, and MKL's CSR product runs faster with them than with int64.
+        flat = torch.arange(keep, dtype=torch.int32)
         counts = torch.bincount(flat // in_channels, minlength=out_channels)
-        self.register_buffer("crow", torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]))
+        self.register_buffer("crow", torch.cat([torch.zeros(1, dtype=torch.int32), counts.cumsum(0).int()]))
         self.register_buffer("col", flat % in_channels)
         self.values = nn.Parameter(torch.zeros(keep))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
+    def _kernel(self, x):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.values.dtype != torch.float32:
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return None  # the C kernel has no backward: training-time calls take torch's product
+        return sparse_rows_kernel()
+
     def forward(self, x):
         n, c = x.shape[:2]
+        cols = x.reshape(n, c, -1)
+        kernel = self._kernel(x)
+        if kernel is not None:
+            return kernel.spmm_rows(self.crow, self.col, self.values, cols, self.bias).view(
+                n, self.out_channels, *x.shape[2:])
         # the pattern comes from the deploy pass, which builds it valid: skip the per-call invariant check
         w = torch.sparse_csr_tensor(self.crow, self.col, self.values, (self.out_channels, c), check_invariants=False)
-        cols = x.reshape(n, c, -1)
         if n == 1:
             y = (w @ cols[0]).unsqueeze(0)
         else:
