@@ -40,7 +40,7 @@ def _loop_reference(crow, col, val, x, bias):
 
 
 @needs_kernel
-@pytest.mark.parametrize("pixels", [1, 15, 16, 17, 64, 83, 147])
+@pytest.mark.parametrize("pixels", [1, 3, 15, 16, 17, 29, 49, 64, 83, 147, 196])
 @pytest.mark.parametrize("batch,bias", [(1, True), (3, False)])
 def test_kernel_agrees_with_a_float64_product(pixels, batch, bias):
     crow, col, val = _random_csr(7, 13, 0.3, seed=pixels)

@@ -1,53 +1,68 @@
 /* Sparse (CSR) weight times a dense (channels x pixels) activation, the layout of Fast Sparse ConvNets:
  * y[m, p] = bias[m] + sum_j val[j] * x[col[j], p] over row m's non-zeros j, for p in [0, P).
  *
- * Each non-zero weight streams a contiguous run of pixels. Pixels go in blocks (64, then 16, then 1) held in
- * vector accumulators across a whole output row, so y is written once; the block loop is outermost so the
- * input block (channels x block) stays in cache while every output row reads it. GCC vector extensions keep
- * the source portable; -march=native picks the widest registers the machine has. */
+ * Each non-zero weight streams a contiguous run of pixels. Pixels go in blocks (64 wide, then one block of the
+ * 16-multiple left, then 8 and 4, then single pixels) held in vector accumulators across a whole output row, so
+ * y is written once; the block loop is outermost so the input block (channels x block) stays in cache while every
+ * output row reads it. GCC vector extensions keep the source portable; -march=native picks the widest registers
+ * the machine has. */
 #include <stdint.h>
 #include <string.h>
 
 typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
 
-static void rows_block64(int64_t M, int64_t P, int64_t p0, const int32_t *crow, const int32_t *col,
-                         const float *val, const float *x, const float *bias, float *y) {
+/* nv (1 to 4) vectors of 16 pixels per row; inlined with a constant nv so the accumulators stay in registers */
+static inline __attribute__((always_inline)) void rows_v16(int nv, int64_t M, int64_t P, int64_t p0,
+    const int32_t *crow, const int32_t *col, const float *val, const float *x, const float *bias, float *y) {
   for (int64_t m = 0; m < M; m++) {
-    float b = bias ? bias[m] : 0.0f;
-    v16 a0 = {0}, a1, a2, a3;
-    a0 += b;
-    a1 = a0; a2 = a0; a3 = a0;
+    v16 acc[4];
+    for (int k = 0; k < nv; k++) {
+      acc[k] = (v16){0};
+      acc[k] += bias ? bias[m] : 0.0f;
+    }
     for (int32_t j = crow[m]; j < crow[m + 1]; j++) {
       const float *xr = x + (int64_t)col[j] * P + p0;
       float v = val[j];
-      v16 x0, x1, x2, x3;
-      memcpy(&x0, xr, 64); memcpy(&x1, xr + 16, 64); memcpy(&x2, xr + 32, 64); memcpy(&x3, xr + 48, 64);
-      a0 += v * x0; a1 += v * x1; a2 += v * x2; a3 += v * x3;
+      for (int k = 0; k < nv; k++) {
+        v16 xk;
+        memcpy(&xk, xr + 16 * k, sizeof xk);
+        acc[k] += v * xk;
+      }
     }
-    float *yr = y + m * P + p0;
-    memcpy(yr, &a0, 64); memcpy(yr + 16, &a1, 64); memcpy(yr + 32, &a2, 64); memcpy(yr + 48, &a3, 64);
+    for (int k = 0; k < nv; k++) memcpy(y + m * P + p0 + 16 * k, &acc[k], sizeof acc[k]);
   }
 }
 
-static void rows_block16(int64_t M, int64_t P, int64_t p0, const int32_t *crow, const int32_t *col,
-                         const float *val, const float *x, const float *bias, float *y) {
-  for (int64_t m = 0; m < M; m++) {
-    v16 a0 = {0};
-    a0 += bias ? bias[m] : 0.0f;
-    for (int32_t j = crow[m]; j < crow[m + 1]; j++) {
-      v16 x0;
-      memcpy(&x0, x + (int64_t)col[j] * P + p0, 64);
-      a0 += val[j] * x0;
-    }
-    memcpy(y + m * P + p0, &a0, 64);
+#define ROWS_NARROW(NAME, VEC)                                                                                 \
+  static void NAME(int64_t M, int64_t P, int64_t p0, const int32_t *crow, const int32_t *col,                 \
+                   const float *val, const float *x, const float *bias, float *y) {                            \
+    for (int64_t m = 0; m < M; m++) {                                                                          \
+      VEC a = {0};                                                                                             \
+      a += bias ? bias[m] : 0.0f;                                                                              \
+      for (int32_t j = crow[m]; j < crow[m + 1]; j++) {                                                        \
+        VEC xk;                                                                                                \
+        memcpy(&xk, x + (int64_t)col[j] * P + p0, sizeof xk);                                                  \
+        a += val[j] * xk;                                                                                      \
+      }                                                                                                        \
+      memcpy(y + m * P + p0, &a, sizeof a);                                                                    \
+    }                                                                                                          \
   }
-}
+ROWS_NARROW(rows_v8, v8)
+ROWS_NARROW(rows_v4, v4)
 
 void archdsl_spmm_rows(int64_t M, int64_t P, const int32_t *crow, const int32_t *col, const float *val,
                        const float *x, const float *bias, float *y) {
   int64_t p0 = 0;
-  for (; p0 + 64 <= P; p0 += 64) rows_block64(M, P, p0, crow, col, val, x, bias, y);
-  for (; p0 + 16 <= P; p0 += 16) rows_block16(M, P, p0, crow, col, val, x, bias, y);
+  for (; p0 + 64 <= P; p0 += 64) rows_v16(4, M, P, p0, crow, col, val, x, bias, y);
+  switch ((P - p0) / 16) {
+    case 3: rows_v16(3, M, P, p0, crow, col, val, x, bias, y); p0 += 48; break;
+    case 2: rows_v16(2, M, P, p0, crow, col, val, x, bias, y); p0 += 32; break;
+    case 1: rows_v16(1, M, P, p0, crow, col, val, x, bias, y); p0 += 16; break;
+  }
+  if (p0 + 8 <= P) { rows_v8(M, P, p0, crow, col, val, x, bias, y); p0 += 8; }
+  if (p0 + 4 <= P) { rows_v4(M, P, p0, crow, col, val, x, bias, y); p0 += 4; }
   for (; p0 < P; p0++) {
     for (int64_t m = 0; m < M; m++) {
       float a = bias ? bias[m] : 0.0f;
