@@ -9,8 +9,9 @@ modelled), so pruned weights can come back while training. Gradients reach the k
 
 MACs follow the paper's sparse convention: the kept weights times the positions (a dense matmul runs while
 training; FlopCounterMode sees that, hence flop_counter_exact=False). The deploy pass ``sparse_kernels`` turns
-the node into ``sparsepw_csr`` (the kept weights in CSR form, torch's CSR matmul) when the sparsity is at least
-the threshold measured by benchmarks/sparse_pw.py, else into a plain ``pwconv`` with the pruned weights.
+the node into ``sparsepw_csr`` (the kept weights in CSR form, run by the C kernel of archdsl.ops.native in float32
+inference on CPU, else by torch's CSR matmul) when the sparsity is at least the threshold measured by
+benchmarks/sparse_pw.py, else into a plain ``pwconv`` with the pruned weights.
 """
 from __future__ import annotations
 
@@ -193,6 +194,7 @@ op("sparsepw_csr",
    flop_counter_exact=False, precisions=("fp32",), category="kernel",
    torch=lambda a, ins: (CsrConv1x1, dict(in_channels=ins[0][0], out_channels=a.out, keep=a.keep, bias=a.bias)),
    reference=csr_reference,
-   doc="A 1x1 conv with a CSR weight (torch's sparse CSR matmul): what sparse_kernels deploys sparsepw to.",
+   doc="A 1x1 conv with a CSR weight (a C kernel in float32 CPU inference, else torch's CSR matmul): what "
+       "sparse_kernels deploys sparsepw to.",
    examples=(({"out": 5, "keep": 9}, [(6, 7, 5)]), ({"out": 4, "keep": 3, "bias": False}, [(8, 9)]),
              ({"out": 2, "keep": 8}, [(4, 3, 2, 2)])))

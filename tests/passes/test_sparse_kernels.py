@@ -8,7 +8,7 @@ from deploy_testing import check_deploy, compile_text, ops, randomize, result, t
 import archdsl
 from archdsl.ir.graph import totals
 from archdsl.passes import run_pipeline
-from archdsl.passes.sparse_kernels import MIN_SPARSITY, MIN_SPARSITY_TORCH, threshold
+from archdsl.passes.sparse_kernels import MIN_SPARSITY, MIN_SPARSITY_TORCH
 
 
 def _model(sparsity, shape="image[12, 5, 6]"):
