@@ -6,8 +6,8 @@
 Fast Sparse ConvNets (Elsen et al. 2020) run pruned 1x1 convs as sparse x dense products on CPU. Here the sparse
 product is the C kernel of archdsl.ops.native (the paper's layout) where a C compiler is at hand, else torch's CSR
 matmul, which beats the dense one only at high sparsity. benchmarks/sparse_pw.py measures each against the dense
-1x1 conv on the 1x1 convs of a mobile network at 70 / 80 / 90 % (one thread, BENCHMARKS.md section 9); each
-threshold is the lowest measured sparsity from which its kernel was faster on every layer of that run. Both forms
+1x1 conv on the 1x1 convs of a mobile network at 70 / 80 / 90 % (one thread, BENCHMARKS.md section 9), and each
+threshold is the lowest sparsity from which its kernel was measured faster than dense (comments below). Both forms
 compute the trained layer exactly. The CSR kernels exist for fp32 only; other precisions take the dense form.
 """
 from __future__ import annotations
@@ -23,8 +23,10 @@ from archdsl.passes.rewrite import set_op
 from archdsl.passes.weights import float_like
 
 # measured break-even against the dense 1x1 conv (benchmarks/sparse_pw.py, BENCHMARKS.md section 9)
-MIN_SPARSITY = 0.7  # the C kernel: faster on every layer at 70 % (not measured below)
-MIN_SPARSITY_TORCH = 0.85  # torch's CSR matmul (MKL), when no C compiler builds the kernel
+MIN_SPARSITY = 0.7  # the C kernel: 0.45-0.83x dense on every layer at 70 % in two runs (not measured below)
+# torch's CSR matmul (MKL), when no C compiler builds the kernel: 0.67-1.19x dense at 80 % at batch 1 (to 2.07x at
+# batch 8), faster on every batch-1 layer at 90 % (one batch-8 layer 1.08x); 85 %, as before the C kernel, between
+MIN_SPARSITY_TORCH = 0.85
 
 
 def threshold() -> tuple[float, str]:
