@@ -129,3 +129,10 @@ def test_deployed_float32_model_on_the_kernel_computes_the_trained_layer():
     x = torch.randn(3, 24, 7, 9)
     with torch.no_grad():
         torch.testing.assert_close(d(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_failing_compiler_leaves_no_file_and_no_kernel(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    assert native._build() is None
+    assert list((tmp_path / "archdsl" / "native").iterdir()) == []

@@ -42,10 +42,11 @@ def _build() -> Path | None:
     if cc is None:
         return None
     src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join(FLAGS).encode() + _cpu_flags().encode() + platform.machine().encode())
+    key = hashlib.sha256(src + " ".join([cc, *FLAGS, _cpu_flags(), platform.machine()]).encode())
     lib = _cache_dir() / f"spmm_rows-{key.hexdigest()[:16]}.so"
     if lib.exists():
         return lib
+    tmp = None
     try:
         lib.parent.mkdir(parents=True, exist_ok=True)
         # build beside the target and rename: concurrent processes (pytest workers) never load a half-written file
@@ -54,6 +55,8 @@ def _build() -> Path | None:
         subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, timeout=120)
         os.replace(tmp, lib)
     except (OSError, subprocess.SubprocessError):
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
         return None
     return lib
 
