@@ -92,11 +92,15 @@ class CsrConv1x1(nn.Module):
     def _kernel(self, x):
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.values.dtype != torch.float32:
             return None
+        if self.crow.dtype != torch.int32 or self.col.dtype != torch.int32:
+            return None  # indices set by hand in int64: the C kernel reads int32
         if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
             return None  # the C kernel has no backward: training-time calls take torch's product
         return sparse_rows_kernel()
 
     def forward(self, x):
+        if x.shape[1] != self.in_channels:  # the column indices are unchecked per call: they must fit the input
+            raise ValueError(f"CsrConv1x1 expects {self.in_channels} input channels, got input {tuple(x.shape)}")
         kernel = self._kernel(x)
         if kernel is None:
             return self.torch_forward(x)

@@ -136,3 +136,14 @@ def test_a_failing_compiler_leaves_no_file_and_no_kernel(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     assert native._build() is None
     assert list((tmp_path / "archdsl" / "native").iterdir()) == []
+
+
+def test_int64_indices_and_wrong_channels(monkeypatch):
+    m = _csr_module()
+    m.crow, m.col = m.crow.long(), m.col.long()  # indices set by hand in int64: torch's product reads them
+    monkeypatch.setattr(native, "spmm_rows", lambda *a: pytest.fail("the C kernel reads int32 indices"))
+    x = torch.randn(2, 9, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x).double(), csr_reference(m, x), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="9 input channels"):
+            m(torch.randn(2, 8, 3))
