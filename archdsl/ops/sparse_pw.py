@@ -9,8 +9,9 @@ modelled), so pruned weights can come back while training. Gradients reach the k
 
 MACs follow the paper's sparse convention: the kept weights times the positions (a dense matmul runs while
 training; FlopCounterMode sees that, hence flop_counter_exact=False). The deploy pass ``sparse_kernels`` turns
-the node into ``sparsepw_csr`` (the kept weights in CSR form, torch's CSR matmul) when the sparsity is at least
-the threshold measured by benchmarks/sparse_pw.py, else into a plain ``pwconv`` with the pruned weights.
+the node into ``sparsepw_csr`` (the kept weights in CSR form, run by the C kernel of archdsl.ops.native in float32
+inference on CPU, else by torch's CSR matmul) when the sparsity is at least the threshold measured by
+benchmarks/sparse_pw.py, else into a plain ``pwconv`` with the pruned weights.
 """
 from __future__ import annotations
 
@@ -58,26 +59,60 @@ class MagnitudePrunedConv1x1(nn.Module):
         return y if self.bias is None else y + self.bias.reshape(-1, *([1] * (x.dim() - 2)))
 
 
+def sparse_rows_kernel():
+    """archdsl's C sparse kernel module when it builds here, else None. Imported at call time: emitted model
+    source copies this function, and run without archdsl installed it falls back to torch's CSR product."""
+    try:
+        from archdsl.ops import native
+    except ImportError:
+        return None
+    return native if native.available() else None
+
+
 class CsrConv1x1(nn.Module):
-    """A 1x1 conv whose weight is a CSR matrix (row pointers, column indices, values), run by torch's CSR matmul
-    on the (C, positions) view of each sample: no copy at batch 1, the mobile inference case of the paper."""
+    """A 1x1 conv whose weight is a CSR matrix (row pointers, column indices, values) times each sample's
+    (C, positions) view: the C kernel of archdsl.ops.native for float32 inference on CPU (Fast Sparse ConvNets'
+    layout: no transposes, the output written once with its bias), torch's CSR matmul otherwise (other dtypes,
+    devices, autograd, or no C compiler)."""
+
+    _emit_deps = (sparse_rows_kernel,)
 
     def __init__(self, in_channels, out_channels, keep, bias=True):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         # A valid placeholder pattern (the first `keep` entries in row-major order); the pass loads the real one.
-        flat = torch.arange(keep)
+        # int32 indices: what the C kernel reads, and MKL's CSR product runs faster with them than with int64.
+        flat = torch.arange(keep, dtype=torch.int32)
         counts = torch.bincount(flat // in_channels, minlength=out_channels)
-        self.register_buffer("crow", torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]))
+        self.register_buffer("crow", torch.cat([torch.zeros(1, dtype=torch.int32), counts.cumsum(0).int()]))
         self.register_buffer("col", flat % in_channels)
         self.values = nn.Parameter(torch.zeros(keep))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
+    def _kernel(self, x):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or self.values.dtype != torch.float32:
+            return None
+        if self.crow.dtype != torch.int32 or self.col.dtype != torch.int32:
+            return None  # indices set by hand in int64: the C kernel reads int32
+        if torch.is_grad_enabled() and (x.requires_grad or self.values.requires_grad):
+            return None  # the C kernel has no backward: training-time calls take torch's product
+        return sparse_rows_kernel()
+
     def forward(self, x):
+        if x.shape[1] != self.in_channels:  # the column indices are unchecked per call: they must fit the input
+            raise ValueError(f"CsrConv1x1 expects {self.in_channels} input channels, got input {tuple(x.shape)}")
+        kernel = self._kernel(x)
+        if kernel is None:
+            return self.torch_forward(x)
+        y = kernel.spmm_rows(self.crow, self.col, self.values, x.reshape(*x.shape[:2], -1), self.bias)
+        return y.view(x.shape[0], self.out_channels, *x.shape[2:])
+
+    def torch_forward(self, x):
+        """torch's CSR product, whatever the input (benchmarks/sparse_pw.py times it beside the C kernel)."""
         n, c = x.shape[:2]
+        cols = x.reshape(n, c, -1)
         # the pattern comes from the deploy pass, which builds it valid: skip the per-call invariant check
         w = torch.sparse_csr_tensor(self.crow, self.col, self.values, (self.out_channels, c), check_invariants=False)
-        cols = x.reshape(n, c, -1)
         if n == 1:
             y = (w @ cols[0]).unsqueeze(0)
         else:
@@ -163,6 +198,7 @@ op("sparsepw_csr",
    flop_counter_exact=False, precisions=("fp32",), category="kernel",
    torch=lambda a, ins: (CsrConv1x1, dict(in_channels=ins[0][0], out_channels=a.out, keep=a.keep, bias=a.bias)),
    reference=csr_reference,
-   doc="A 1x1 conv with a CSR weight (torch's sparse CSR matmul): what sparse_kernels deploys sparsepw to.",
+   doc="A 1x1 conv with a CSR weight (a C kernel in float32 CPU inference, else torch's CSR matmul): what "
+       "sparse_kernels deploys sparsepw to.",
    examples=(({"out": 5, "keep": 9}, [(6, 7, 5)]), ({"out": 4, "keep": 3, "bias": False}, [(8, 9)]),
              ({"out": 2, "keep": 8}, [(4, 3, 2, 2)])))
