@@ -138,6 +138,44 @@ def test_residual_chain_against_hand_simulation():
     assert (y.double() - ry - head.bias.double()).abs().max() <= 0.01 * ry.abs().max()
 
 
+
+@pytest.mark.parametrize("batch,cin,cout,relu", [(1, 2048, 300, False), (8, 2048, 40, True), (3, 64, 10, False)])
+def test_float_result_classifier_against_float64(batch, cin, cout, relu):
+    # large (oneDNN's int8 kernel with a float32 result, where exact here) or small (QAT's float32 product):
+    # full-range levels, weights up to +-127, either way within float32 rounding of the float64 sum
+    g = torch.Generator().manual_seed(cin + cout)
+    m = QLinear(cin, cout, relu=relu, requantize=False)
+    m.qweight.copy_(torch.randint(-127, 128, (cout, cin), generator=g, dtype=torch.int8))
+    m.wscale.copy_(torch.rand(cout, generator=g) * 0.002 + 0.0005)
+    m.bias.copy_(torch.randn(cout, generator=g))
+    m.x_scale.fill_(0.031)
+    m.x_zero.fill_(17.0)
+    levels = torch.randint(0, 256, (batch, cin), generator=g).double()
+    y = m(torch._make_per_tensor_quantized_tensor(levels.to(torch.uint8), 0.031, 17))
+    ref = _deq(levels, 0.031, 17) @ (m.qweight.double() * m.wscale.double()[:, None]).t() + m.bias.double()
+    ref = torch.relu(ref) if relu else ref
+    assert y.dtype == torch.float32 and y.shape == (batch, cout)
+    assert (y.double() - ref).abs().max() <= 1e-6 * ref.abs().max()
+    large = batch * cin * cout >= QLinear.INT8_RESULT_MACS
+    assert ("int8" in m._prepared()[0]) == (large and QLinear.int8_result_exact())
+
+
+def test_float_result_probe_matches_a_direct_measurement_of_the_kernel():
+    # the int8 kernel alone on full-range levels and +-127 weights: exact sums where the probe says so
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        assert not QLinear.int8_result_exact()
+        return
+    g = torch.Generator().manual_seed(31)
+    w = torch.randint(-127, 128, (16, 512), generator=g, dtype=torch.int8)
+    w[0] = 127  # the worst case beside random rows: every product 255 x 127
+    x = torch.randint(0, 256, (4, 512), generator=g, dtype=torch.uint8)
+    x[0] = 255
+    packed = torch.ops.onednn.qlinear_prepack(w, None)
+    y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, packed, torch.ones(16), torch.zeros(16, dtype=torch.long), None,
+                                           1.0, 0, torch.float32, "none", [], "")
+    exact = torch.equal(y.double(), x.double() @ w.double().t())  # sums below 2^24: float32 holds them exactly
+    assert exact == QLinear.int8_result_exact()
+
 # ---- 7-bit activations (levels 0..127, torch.ao's reduce_range) -----------------------------------------
 
 def test_seven_bit_probe_is_exact_on_every_cpu():

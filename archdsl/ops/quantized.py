@@ -8,7 +8,9 @@ pass chose (the observer of the input the next int8 node trained with), with the
 
     qconv    1-D / 2-D conv (any groups: dense, grouped, depthwise)   torch.ops.quantized.conv{1,2}d[_relu]
     qlinear  linear over the channel axis                              torch.ops.quantized.linear[_relu]
-             requantize=False: a float32 result on (N, C)              F.linear on the dequantized operands
+             requantize=False: a float32 result on (N, C)              F.linear on the dequantized operands;
+                                                                       from INT8_RESULT_MACS per call
+                                                                       torch.ops.onednn.qlinear_pointwise
     qadd     residual add of two quantized tensors                     torch.ops.quantized.add[_relu]
 
 A float input is quantized on entry with the node's input scale and zero point (a region's first node); a
@@ -193,6 +195,12 @@ class QLinear(_QuantizedOp):
     requantized."""
 
     _emit_deps = (_QuantizedOp, _quantize, _clip)
+    # A float-result layer (requantize=False: a classifier) runs oneDNN's int8 kernel with a float32 result from
+    # this many multiply-accumulates per call, QAT's float32 product below it. One thread, AVX-512 VNNI: 800 -> 10
+    # at batch 1 0.004 ms in float32 against 0.029 ms (the kernel's fixed cost); 2048 -> 1000 at batch 1 0.138
+    # against 0.064, at batch 8 0.81 against 0.16 (ResNet-50's head: a quarter of the weight bytes to read).
+    # Even near 0.5M at batch 1 and at batch 8.
+    INT8_RESULT_MACS = 1 << 19
 
     def __init__(self, in_features, out_features, bias=True, relu=False, dequantize=False, requantize=True,
                  levels=255):
@@ -200,22 +208,52 @@ class QLinear(_QuantizedOp):
         self.requantize = requantize
         self._kernel = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
 
+    @staticmethod
+    def int8_result_exact(levels: int = 255) -> bool:
+        """Whether oneDNN's int8 linear with a float32 result sums exactly here: the kernels_exact probe on this
+        kernel (64 x level `levels` x weight 127: 2,072,640 for 255, an integer float32 holds exactly)."""
+        key = ("onednn float result", levels)
+        if key not in _QuantizedOp._exact:
+            try:
+                w = torch.ops.onednn.qlinear_prepack(torch.full((1, 64), 127, dtype=torch.int8), None)
+                x = torch.full((1, 64), levels, dtype=torch.uint8)
+                y = torch.ops.onednn.qlinear_pointwise(x, 1.0, 0, w, torch.ones(1), torch.zeros(1, dtype=torch.long),
+                                                       None, 1.0, 0, torch.float32, "none", [], "")
+                _QuantizedOp._exact[key] = float(y.flatten()[0]) == 64 * levels * 127
+            except (AttributeError, RuntimeError):  # no oneDNN int8 linear in this build: the float32 product
+                _QuantizedOp._exact[key] = False
+        return _QuantizedOp._exact[key]
+
     def _pack(self):
-        if not self.requantize or not self.kernels_exact(self.levels):  # float32 weight, float32 product
+        if not self.requantize:  # a float result: the float32 weight and / or oneDNN's, each built on first use
+            return {}
+        if not self.kernels_exact(self.levels):  # float32 weight, float32 product
             return self._float_weight()
         return torch.ops.quantized.linear_prepack(self._qweight(), self._bias())
 
-    def _float_result(self, q, weight):
-        """QAT's own arithmetic for a layer no quantized node reads (a classifier): the input's levels and the
-        weight's, dequantized, multiplied in float32, no output grid. Faster than an int8 kernel with a float
-        result at this size (oneDNN's: 0.127 ms against 0.032 ms for 800 -> 10 at batch 1, one thread)."""
-        y = F.linear(q.dequantize(), weight, self._bias())
+    def _float_result(self, q, packs):
+        """A layer no quantized node reads (a classifier): no output grid. A large one computes the exact
+        product (level - zero point) x int8 weight in int32, scaled to float32 (oneDNN, where exact); a small
+        one QAT's own arithmetic, the input's and the weight's levels dequantized and multiplied in float32.
+        The two differ by float32 rounding only."""
+        if q.dim() == 2 and q.shape[0] * self.qweight.numel() >= self.INT8_RESULT_MACS and \
+                self.int8_result_exact(self.levels):
+            if "int8" not in packs:
+                packs["int8"] = (torch.ops.onednn.qlinear_prepack(self.qweight, None), self.wscale.float(),
+                                 torch.zeros(len(self.wscale), dtype=torch.long))
+            w, ws, wz = packs["int8"]
+            return torch.ops.onednn.qlinear_pointwise(q.int_repr(), q.q_scale(), q.q_zero_point(), w, ws, wz,
+                                                      self._bias(), 1.0, 0, torch.float32,
+                                                      "relu" if self.relu else "none", [], "")
+        if "float" not in packs:
+            packs["float"] = self._float_weight()
+        y = F.linear(q.dequantize().movedim(1, -1), packs["float"], self._bias()).movedim(-1, 1)
         return torch.relu(y) if self.relu else y
 
     def forward(self, x):
         packed, xs, xz, ys, yz = self._prepared()
         q = self._input(x, xs, xz)
-        if not self.requantize and q.dim() == 2:
+        if not self.requantize:
             return self._float_result(q, packed)
         if torch.is_tensor(packed):  # kernels not exact here: QAT's float32 product, requantized
             y = F.linear(q.dequantize().movedim(1, -1), packed, self._bias()).movedim(-1, 1)

@@ -17,9 +17,10 @@ the grid it receives requantizes onto its own (qconv / qlinear do it at run time
 then differs from QAT by at most one quantization step per skipped rounding point (a fused ReLU's or a folded
 BN's own observer, or a reader's grid inside the one it receives).
 
-A linear on (C,) whose result no observed int8 node reads (a classifier) runs oneDNN's int8 linear with a
-float32 result (qlinear, requantize=False): exactly QAT's arithmetic. Such a conv, or a linear over more axes,
-keeps the torch._int_mm kernel (int8_conv / int8_linear), as does a conv with asymmetric padding.
+A linear on (C,) whose result no observed int8 node reads (a classifier) gets a float32 result (qlinear,
+requantize=False): QAT's float32 product, or where large oneDNN's exact int8 one scaled to float32. Such a conv,
+or a linear over more axes, keeps the torch._int_mm kernel (int8_conv / int8_linear), as does a conv with
+asymmetric padding.
 """
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ def _float_result_linear(G, node, weights, res) -> bool:
                                     levels=levels(x_qp)))
     if weights is not None:
         weights[node] = _kernel_state(weights[node], keys, (d["attrs"].out, cin), x_qp, (1.0, 0, 255))
-    res.changed.append(f"{node}: linear -> qlinear (oneDNN int8 kernel, float32 result)")
+    res.changed.append(f"{node}: linear -> qlinear (float32 result)")
     return True
 
 
