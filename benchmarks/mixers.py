@@ -69,6 +69,11 @@ NOTES = {
     "convshare": "global attention, shared depthwise projections",
     "msaconv": "attention in each 3x3 window + 3x3 conv C -> C",
     "ninformer_gate": "library block; MLP-Mixer gate, token MLP over all positions",
+    "gpsa": "library block; ConViT's gated positional attention over all 3136 positions",
+    "raft_token_mixer": "library block; vertical + horizontal raft MLPs, own residuals",
+    "spartan_spatial": "library block; SpaRTAN's multi-order spatial mixer",
+    "spartan_wave": "library block; SpaRTAN's wave channel aggregation",
+    "winattn_shifted": "Swin's shifted windows: roll + mask",
     "glmix": "64 slots + pw/dw5/pw local branch",
     "dcls": "17-wide span, 34 taps",
     "randmix": "an N x N matrix over the positions",
@@ -84,8 +89,14 @@ NOTES = {
     "sgconv": "MACs leave out the FFTs",
 }
 SHAPES = {2: "64, 56, 56", 1: "64, 1024"}
-# Token mixers of the block library (archdsl/lib), timed like the ops: name -> (library, call per input rank).
-LIBRARY = {"ninformer_gate": ("gating", {2: "ninformer_gate(64, [56, 56])", 1: "ninformer_gate(64, [1024])"})}
+# Token mixers of the block library (archdsl/lib), timed like the ops: name -> (library, call per input rank);
+# library None: another setting of a registered op.
+LIBRARY = {"ninformer_gate": ("gating", {2: "ninformer_gate(64, [56, 56])", 1: "ninformer_gate(64, [1024])"}),
+           "gpsa": ("attention", {2: "flatten(1) >> gpsa(64, 2, [56, 56]) >> unflatten(1, [56, 56])"}),
+           "raft_token_mixer": ("raft", {2: "raft_token_mixer(64, 4, 56, 56)"}),  # 1-D at 1024: a 4096-wide MLP
+           "spartan_spatial": ("spartan", {2: "spartan_spatial(64)", 1: "spartan_spatial(64, nd = 1)"}),
+           "spartan_wave": ("spartan", {2: "spartan_wave(64)", 1: "spartan_wave(64, nd = 1)"}),
+           "winattn_shifted": (None, {2: "winattn(7, shift = 3)", 1: "winattn(7, shift = 3)"})}
 
 
 def mixer_calls() -> dict[str, str]:
@@ -108,7 +119,7 @@ def mixer_calls() -> dict[str, str]:
 
 def build(call: str, nd: int):
     """The compiled one-op model, its input and its IR totals; None when the op does not take this input."""
-    imports = "".join(f'import "{lib}"\n' for lib in sorted({lib for lib, _ in LIBRARY.values()}))
+    imports = "".join(f'import "{lib}"\n' for lib in sorted({lib for lib, _ in LIBRARY.values() if lib}))
     src = f"{imports}model m() {{\n  input x[{SHAPES[nd]}]\n  {call}\n}}\n"
     try:
         G = archdsl.build(archdsl.parse(src))
