@@ -105,7 +105,9 @@ def make_storage(url: str | None, out: Path):
 def _rdb_storage(url: str, attempts: int = 6, **kwargs):
     """RDBStorage(url, ...), tried again when workers that start together race to create the tables of an empty
     database (PostgreSQL then refuses the second CREATE TYPE / CREATE TABLE: IntegrityError or
-    ProgrammingError); the retry finds the tables made and goes on."""
+    ProgrammingError; SQLite: OperationalError "table ... already exists", also when another program -- a
+    report, a dashboard -- opens the study file just as the search creates it); the retry finds the tables made
+    and goes on."""
     import sqlalchemy.exc
 
     for attempt in range(attempts):
@@ -117,6 +119,9 @@ def _rdb_storage(url: str, attempts: int = 6, **kwargs):
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.OperationalError as e:  # no server, wrong database, refused login, disk full
             why = str(e.orig or e).strip()
+            if "already exists" in why and attempt < attempts - 1:
+                time.sleep(0.2 * (attempt + 1))
+                continue
             raise ArchError(f"cannot open the {url.split(':', 1)[0]}:// storage: {why}",
                             hint="free some space" if "full" in why else
                             "check the --storage URL and that the database server is running") from None

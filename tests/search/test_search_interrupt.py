@@ -178,3 +178,25 @@ def test_ctrl_c_raises_at_once_only_in_live_regions_and_never_inside_held_ones()
         time.sleep(1)
         reached.append("second")
     assert reached == ["deferred", "held"]
+
+
+def test_a_study_file_opened_by_another_program_while_its_tables_are_made_is_retried(tmp_path, monkeypatch):
+    # SQLite's answer to the second CREATE TABLE of a race (a report or dashboard opening study.db as the search
+    # creates it): OperationalError "table ... already exists"; the search tries again instead of failing
+    import sqlalchemy.exc
+
+    from archdsl.search import study as study_mod
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):
+        calls.append(url)
+        if len(calls) == 1:
+            real(url, **kwargs)  # the other program made the tables meanwhile
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE study_directions", {},
+                                                  Exception("table study_directions already exists"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    storage = study_mod._rdb_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
