@@ -17,6 +17,9 @@ search many over digits {
   minimize params
 }
 """
+# trials long enough that a worker started a few seconds after the search (importing torch) still finds some
+# left to run, on a fast quiet machine too
+SLOW = SPACE.replace("epochs = 1", "epochs = 6")
 
 
 def _check_study(trials, target: int, workers: int, outs) -> set:
@@ -44,12 +47,12 @@ def test_devices_run_one_worker_process_each(tmp_path):
 
 
 def test_worker_joins_a_study_from_its_stored_source(tmp_path):
-    arch = write_arch(tmp_path, SPACE)
+    arch = write_arch(tmp_path, SLOW)
     db = tmp_path / "shared"
     db.mkdir()
     url = storage_url(db)
-    search_and_worker(arch, url, "many", (tmp_path / "a", tmp_path / "b"), trials=6)
-    names = _check_study(load_study(db, "many").get_trials(deepcopy=False), 6, 2, [tmp_path / "a", tmp_path / "b"])
+    search_and_worker(arch, url, "many", (tmp_path / "a", tmp_path / "b"), trials=10)
+    names = _check_study(load_study(db, "many").get_trials(deepcopy=False), 10, 2, [tmp_path / "a", tmp_path / "b"])
     assert len(names) == 2
     assert list((tmp_path / "b" / "source").rglob("space.arch"))  # the worker ran the stored text
 
