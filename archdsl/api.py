@@ -46,11 +46,12 @@ def compile(source, mode: str = "train", backend: str = "torch", model: str | No
     G = source if isinstance(source, nx.DiGraph) else build(source, model, **overrides)
     from codegen.compiled import to_graph_module
 
-    module = to_graph_module(G)
-    if act_bits != 8:
-        from archdsl.quant import set_activation_bits
+    if act_bits != 8:  # the observers are built with that many levels (a copy: the caller's graph is kept)
+        from archdsl.quant import ACTIVATION_BITS
 
-        set_activation_bits(module, act_bits)
+        G = G.copy()
+        G.graph["act_levels"] = ACTIVATION_BITS[act_bits]
+    module = to_graph_module(G)
     if mode == "deploy":  # Triton takes large depthwise kernels itself; the CSR 1x1 kernel is a CPU choice
         calibrate(module)
         module = module.deploy(disable=("select_kernels", "sparse_kernels") if backend == "triton" else ())

@@ -86,11 +86,17 @@ ACTIVATION_BITS = {8: 255, 7: 127}  # bits -> the top uint8 level
 
 def set_activation_bits(module: nn.Module, bits: int) -> int:
     """Give every int8 activation observer in `module` 2**bits levels (before QAT or calibration: the observed
-    range is then cut into that many steps); returns how many observers there are."""
+    range is then cut into that many steps); returns how many observers there are. A compiled module's IR
+    (a copy: the caller's graph stays as it was) records it as ``act_levels``, so its emitted source keeps it."""
     levels = ACTIVATION_BITS[bits]
     found = [m for m in module.modules() if isinstance(m, ActFakeQuant)]
     for m in found:
         m.levels = levels
+    ir = getattr(module, "archdsl_ir", None)
+    if ir is not None:
+        ir = ir.copy()
+        ir.graph["act_levels"] = levels
+        module.archdsl_ir = ir
     return len(found)
 
 
@@ -115,12 +121,12 @@ class Precision(nn.Module):
 
     _emit_deps = (WeightFakeQuant, ActFakeQuant, Fp8Round)
 
-    def __init__(self, op, precision="fp32"):
+    def __init__(self, op, precision="fp32", levels=255):
         super().__init__()
         self.op = op
         self.precision = precision
         if precision == "int8":
-            self.act = ActFakeQuant()
+            self.act = ActFakeQuant(levels=levels)
             self.wq = WeightFakeQuant()
         elif precision.startswith("fp8"):
             fmt = "e5m2" if precision.endswith("e5m2") else "e4m3"

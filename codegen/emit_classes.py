@@ -185,7 +185,8 @@ class Builder:
             dtype = lowered_dtype(self.G, node)
             wrap = ("dtype", dtype) if dtype else ()
         elif d["precision"] != "fp32":
-            wrap = ("precision", d["precision"])
+            levels = self.G.graph.get("act_levels", 255)  # 7-bit activations (archdsl.quant)
+            wrap = ("precision", d["precision"]) + ((levels,) if d["precision"] == "int8" and levels != 255 else ())
             from archdsl.quant import Precision
 
             if Precision not in self.used:

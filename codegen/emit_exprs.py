@@ -133,7 +133,8 @@ class Leaf:
             parts.append(s.code() if positional else f"{k}={s.code()}")
         text = f"{self.ref}({', '.join(parts)})"
         if self.wrap and self.wrap[0] == "precision":
-            return f"Precision({text}, {literal(self.wrap[1])})"
+            levels = f", levels={literal(self.wrap[2])}" if len(self.wrap) > 2 else ""
+            return f"Precision({text}, {literal(self.wrap[1])}{levels})"
         return f"{text}.to(torch.{ident(self.wrap[1])})" if self.wrap else text
 
 

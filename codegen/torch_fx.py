@@ -35,19 +35,19 @@ def build_modules(G: nx.DiGraph) -> dict[str, nn.Module]:
             continue
         cls, kwargs = module_for(G, node)
         mods[node] = with_dtype(cls(**kwargs), d) if G.graph.get("precision_lowered") else \
-            with_precision(cls(**kwargs), d["precision"])
+            with_precision(cls(**kwargs), d["precision"], G.graph.get("act_levels", 255))
     tie_shared(G, mods)
     return mods
 
 
-def with_precision(mod: nn.Module, precision: str) -> nn.Module:
+def with_precision(mod: nn.Module, precision: str, levels: int = 255) -> nn.Module:
     """fp32 modules stay as they are; others run inside archdsl.quant.Precision (int8 QAT, fp8 rounding,
     bf16/fp16 autocast), their parameters one level down (`node.op.weight`)."""
     if precision == "fp32":
         return mod
     from archdsl.quant import Precision
 
-    return Precision(mod, precision)
+    return Precision(mod, precision, levels)
 
 
 def with_dtype(mod: nn.Module, d: dict) -> nn.Module:

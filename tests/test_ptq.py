@@ -140,3 +140,23 @@ def test_act_bits_needs_weights_out(capsys, files):
     rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--mode", "deploy", "--act-bits", "7",
                      "-o", str(files / "m.py"))
     assert rc != 0 and "--act-bits" in err and "--weights" in err
+
+
+def test_seven_bit_train_module_emits_with_its_levels_and_the_callers_graph_is_kept():
+    import archdsl.quant as q
+    from codegen.python_source import emit
+
+    G = archdsl.build(archdsl.parse(SRC))
+    m = archdsl.compile(G, act_bits=7)
+    assert "act_levels" not in G.graph  # the caller's graph as it was
+    assert {o.levels for o in m.modules() if isinstance(o, ActFakeQuant)} == {127}
+    src = emit(m.archdsl_ir)
+    assert "Precision(" in src and "levels=127" in src
+    ns = {}
+    exec(compile(src, "emitted.py", "exec"), ns)  # the emitted file, as `import` runs it
+    emitted = ns["Model"]()
+    assert {o.levels for o in emitted.modules() if type(o).__name__ == "ActFakeQuant"} == {127}
+    # set_activation_bits on a module compiled at 8 bits records the change in (a copy of) its IR
+    m8 = archdsl.compile(G)
+    q.set_activation_bits(m8, 7)
+    assert m8.archdsl_ir is not G and m8.archdsl_ir.graph["act_levels"] == 127 and "levels=127" in emit(m8.archdsl_ir)

@@ -130,6 +130,10 @@ def _member(t, names, pareto_dir: Path, data, study_dir: Path | None) -> dict:
         entry["error"] = e.format()
         return entry
     entry["exact_resolution"] = ir_hash(G) == t.user_attrs.get("ir_hash")
+    if t.user_attrs.get("act_bits", 8) != 8:  # trained on 7-bit activations: emitted and evaluated so
+        from archdsl.quant import ACTIVATION_BITS
+
+        G.graph["act_levels"] = ACTIVATION_BITS[t.user_attrs["act_bits"]]
     module_py = pareto_dir / f"trial{t.number}.py"
     module_py.write_text(emit(G))
     entry["module"] = str(module_py)

@@ -146,6 +146,7 @@ class TrialRunner:
         module = archdsl.compile(G)
         if self.recipe.act_bits != 8:  # before latency: the deploy kernels depend on it
             set_activation_bits(module, self.recipe.act_bits)
+            trial.set_user_attr("act_bits", self.recipe.act_bits)  # the report rebuilds the module with it
         if self._needs("latency"):
             timing = self._latency(trial, G, module, earlier)
             for k, v in timing.items():

@@ -49,3 +49,40 @@ def test_mixed_precision_search_measures_size_and_real_precision_latency(tmp_pat
     kinds = [k for mods in deployed for k in mods]
     assert any(cls == "QConv" for _, cls, _ in kinds)  # int8 trials timed on PyTorch's quantized kernels
     assert any(dtype == "torch.bfloat16" for _, _, dtype in kinds)  # bf16 trials with bf16 weights
+
+
+def test_seven_bit_int8_search_times_trains_and_reports_on_seven_bit_activations(tmp_path, monkeypatch):
+    import json
+
+    from searchutil import cli
+
+    from archdsl.ops.quantized import QConv
+
+    kernels = []
+    real = trial_mod._deploy
+
+    def spy(G, module, act_bits=8):
+        out = real(G, module, act_bits)
+        kernels.extend(m.levels for m in out.modules() if isinstance(m, QConv))
+        return out
+
+    monkeypatch.setattr(trial_mod, "_deploy", spy)
+    arch = write_arch(tmp_path, """
+        @precision(int8)
+        model net(w = choice(4, 8)) {
+          input img[1, 8, 8]
+          conv(w, k = 3) >> relu >> conv(8, k = 3) >> relu >> gap >> linear(10)
+        }
+        search seven over digits {
+          maximize accuracy(epochs = 2, act_bits = 7)
+          minimize latency(batch = 1, runs = 3)
+          sampler = grid
+        }
+    """)
+    rc, _, stderr = cli("search", arch, "--out", tmp_path / "out", "--trials", 2, "--quiet")
+    assert rc == 0, stderr
+    assert kernels and set(kernels) == {127}  # latency timed on the 7-bit kernels
+    summary = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    member = summary["pareto"][0]
+    assert "levels=127" in open(member["module"]).read()  # the emitted winner keeps its 7-bit observers
+    assert member.get("test_accuracy") is not None
