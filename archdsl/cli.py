@@ -235,6 +235,7 @@ def cmd_compile(args) -> int:
             from archdsl.quant import set_activation_bits
 
             set_activation_bits(module, args.act_bits)
+            G = module.archdsl_ir  # it records the bits: a train-mode file emitted from it keeps them
         if args.calibrate:
             from archdsl.ptq import calibrate, calibration_batches
 

@@ -160,3 +160,10 @@ def test_seven_bit_train_module_emits_with_its_levels_and_the_callers_graph_is_k
     m8 = archdsl.compile(G)
     q.set_activation_bits(m8, 7)
     assert m8.archdsl_ir is not G and m8.archdsl_ir.graph["act_levels"] == 127 and "levels=127" in emit(m8.archdsl_ir)
+
+
+def test_act_bits_on_a_train_mode_compile_keeps_them_in_the_emitted_file(capsys, files):
+    rc, _, err = run(capsys, "compile", str(files / "m.arch"), "--act-bits", "7", "-o", str(files / "t7.py"),
+                     "--weights", str(files / "t7.pt"))
+    assert rc == 0, err
+    assert "levels=127" in (files / "t7.py").read_text()
