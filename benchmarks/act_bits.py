@@ -4,7 +4,7 @@
     python benchmarks/act_bits.py --epochs 12 --no-vnni    # as on a CPU whose int8 kernels saturate
 
 The MNIST-1D CNN (searchspaces/models/mnist1d_cnn.arch) trains in fp32 and with int8 QAT at 8-bit and at 7-bit
-activations (`accuracy(act_bits = 7)`, archdsl.quant.set_activation_bits), seed 0; the fp32 weights are also
+activations (`accuracy(act_bits = 7)`, `archdsl.compile(..., act_bits=7)`), seed 0; the fp32 weights are also
 quantized after training (PTQ: 10 calibration batches of 64) at both widths. Every int8 model is deployed
 (PyTorch's quantized kernels) and scored on the test split. Latency: the deploy modules at batch 1 and 8, one
 thread, timed interleaved round by round in one process (median), ratios against fp32 in the same run.
@@ -22,7 +22,6 @@ from deploy import machine, measure
 import archdsl
 from archdsl.ops.quantized import _QuantizedOp
 from archdsl.ptq import calibrate, load_state
-from archdsl.quant import set_activation_bits
 from archdsl.search.data import load
 from archdsl.search.train import evaluate, train
 
@@ -30,18 +29,15 @@ CNN = (Path(__file__).resolve().parents[1] / "searchspaces/models/mnist1d_cnn.ar
 INT8 = CNN.replace("model mnist1d_cnn", "@precision(int8)\nmodel mnist1d_cnn")
 
 
-def _trained(src, data, epochs, bits=None):
+def _trained(src, data, epochs, bits=8):
     torch.manual_seed(0)
-    m = archdsl.compile(archdsl.parse(src))
-    if bits is not None:
-        set_activation_bits(m, bits)
+    m = archdsl.compile(archdsl.parse(src), act_bits=bits)
     train(m, data, epochs=epochs, seed=0)
     return m
 
 
 def _ptq(fp32, data, bits):
-    m = archdsl.compile(archdsl.parse(INT8))
-    set_activation_bits(m, bits)
+    m = archdsl.compile(archdsl.parse(INT8), act_bits=bits)
     load_state(m, fp32.state_dict())
     calibrate(m, [data.x_train[i:i + 64] for i in range(0, 640, 64)])
     return m.deploy(log=lambda msg: None)
@@ -58,7 +54,8 @@ def main() -> None:
         _QuantizedOp._exact[(torch.backends.quantized.engine, 255)] = False
     data = load("mnist1d")
     print(machine())
-    print(f"quantized engine {torch.backends.quantized.engine}; 8-bit kernels exact: {_QuantizedOp.kernels_exact(255)}, "
+    print(f"quantized engine {torch.backends.quantized.engine}; "
+          f"8-bit kernels exact: {_QuantizedOp.kernels_exact(255)}, "
           f"7-bit: {_QuantizedOp.kernels_exact(127)}")
     print("| epochs | fp32 | QAT 8-bit, deployed | QAT 7-bit, deployed | PTQ 8-bit, deployed | PTQ 7-bit, deployed |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -24,7 +24,6 @@ from archdsl.frontend.values import CONSTANTS
 from archdsl.ir.cost import size_bytes, summary
 from archdsl.ir.printer import ir_hash
 from archdsl.ops.shapes import numel
-from archdsl.quant import set_activation_bits
 from archdsl.search.checkpoint import Checkpoint
 from archdsl.search.interrupt import Interrupts
 from archdsl.search.latency import measure_paired
@@ -143,9 +142,8 @@ class TrialRunner:
             return earlier.values if len(earlier.values) > 1 else earlier.values[0]
         seed = (int(h[:8], 16) + self.seed) % (2**31)
         torch.manual_seed(seed)
-        module = archdsl.compile(G)
-        if self.recipe.act_bits != 8:  # before latency: the deploy kernels depend on it
-            set_activation_bits(module, self.recipe.act_bits)
+        module = archdsl.compile(G, act_bits=self.recipe.act_bits)
+        if self.recipe.act_bits != 8:
             trial.set_user_attr("act_bits", self.recipe.act_bits)  # the report rebuilds the module with it
         if self._needs("latency"):
             timing = self._latency(trial, G, module, earlier)
