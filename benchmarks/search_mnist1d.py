@@ -1,9 +1,9 @@
-"""Search strategies on the bundled space, on equal wall-clock, against the MNIST-1D paper's CNN.
+"""Search strategies on an MNIST-1D space, on equal wall-clock, against the MNIST-1D paper's CNN.
 
     python benchmarks/search_mnist1d.py [--minutes 10] [--seeds 0,1,2] [--parallel 2]
-        [--strategies evolution,nsga2,tpe,random] [--out runs/bench_search]
+        [--strategies evolution,nsga2,tpe,random] [--space searchspaces/mnist1d_mixers.arch] [--out runs/bench_search]
 
-1. Every strategy x seed runs `archdsl search searchspaces/mnist1d_mixers.arch --sampler S --seed K
+1. Every strategy x seed runs `archdsl search SPACE --sampler S --seed K
    --timeout 60*MINUTES --threads 1` as its own process, PARALLEL at a time (two side by side on a 2-core
    machine), into OUT/S-K. The trial cap is lifted: the budget is the wall clock alone (a trial started
    before the timeout finishes).
@@ -54,22 +54,22 @@ NEAR_ACC, NEAR_LAT = 0.90, 2.0  # the reference point near the CNN (see 4. above
 GRACE = 30  # seconds after the budget for the process's start-up (loading the data, calibrating)
 
 
-def recipe() -> dict:
+def recipe(space: str) -> dict:
     """The search space's training recipe (its accuracy(...) objective), with a trial's defaults (trial.py)."""
-    o = load_spec(archdsl.parse(ROOT / SPACE)).objective("accuracy")
+    o = load_spec(archdsl.parse(ROOT / space)).objective("accuracy")
     args = dict(o.args if o else {})
     return {"epochs": int(args.get("epochs", 10)), "batch": int(args.get("batch", 128)),
             "lr": float(args.get("lr", 1e-2)), "weight_decay": float(args.get("weight_decay", 1e-4))}
 
 
-def launch(jobs: list, minutes: float, parallel: int) -> dict:
+def launch(jobs: list, minutes: float, parallel: int, space: str) -> dict:
     """Run the searches, `parallel` at a time; {folder: seconds} for each."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     pending, running, took = list(jobs), {}, {}
     while pending or running:
         while pending and len(running) < parallel:
             sampler, seed, out = pending.pop(0)
-            cmd = [sys.executable, "-m", "archdsl.cli", "search", str(ROOT / SPACE), "--sampler", sampler,
+            cmd = [sys.executable, "-m", "archdsl.cli", "search", str(ROOT / space), "--sampler", sampler,
                    "--seed", str(seed), "--timeout", str(60 * minutes), "--trials", "100000", "--threads", "1",
                    "--quiet", "--out", str(out)]
             log = open(out.parent / f"{out.name}.log", "w")
@@ -147,6 +147,7 @@ def main():
     ap.add_argument("--strategies", default="evolution,nsga2,tpe,random")
     ap.add_argument("--parallel", type=int, default=2, help="runs side by side (one thread each)")
     ap.add_argument("--out", default="runs/bench_search")
+    ap.add_argument("--space", default=SPACE, help="the search space, relative to the repository")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,9 +155,9 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
     folders = {(s, k): out / f"{s}-{k}" for k in seeds for s in strategies}
     todo = [(s, k, f) for (s, k), f in folders.items() if not (f / "done").exists()]
-    launch(todo, args.minutes, args.parallel)
+    launch(todo, args.minutes, args.parallel, args.space)
 
-    kw = recipe()
+    kw = recipe(args.space)
     cnn = cnn_baseline(kw)
     budget = 60 * args.minutes
     studies = {f: open_run(f) for f in folders.values()}
@@ -206,7 +207,8 @@ def main():
 def report(args, kw, cnn, timing, ref, results, strategies):
     print(f"## Search strategies on MNIST-1D ({platform.machine()}, torch {torch.__version__}, "
           f"{args.parallel} runs side by side, one thread each)")
-    print(f"command: `python benchmarks/search_mnist1d.py --minutes {args.minutes:g} --seeds {args.seeds}`\n")
+    print(f"command: `python benchmarks/search_mnist1d.py --minutes {args.minutes:g} --seeds {args.seeds} "
+          f"--space {args.space}`\n")
     print(f"Paper CNN ({cnn['params']:,} params), search recipe ({kw['epochs']} epochs, batch {kw['batch']}, "
           f"lr {kw['lr']:g}): test accuracy {cnn['test_accuracy']:.4f}; final window {timing['cnn']['ms']:.4f} ms "
           f"raw, {timing['cnn']['ratio']:.3f}x the reference workload.\n")
